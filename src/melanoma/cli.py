@@ -1,0 +1,173 @@
+"""The `melanoma` command: parses arguments into one config object per command and calls one function.
+
+Only flags the user gave override a --config YAML file, which overrides the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from melanoma import __version__
+from melanoma.config import (
+    DemoConfig,
+    EvaluateConfig,
+    PredictConfig,
+    PrepareConfig,
+    SplitConfig,
+    TrainConfig,
+    build_config,
+)
+from melanoma.errors import MelanomaError
+
+S = argparse.SUPPRESS
+
+
+def _prepare(args: dict) -> None:
+    from melanoma.data.prepare import prepare
+
+    config = build_config(PrepareConfig, args.pop("config", None), **args)
+    started = time.time()
+    result = prepare(config)
+    seconds = time.time() - started
+    for problem in result.problems[:20]:
+        print(f"warning: {problem}")
+    if len(result.problems) > 20:
+        print(f"warning: ... and {len(result.problems) - 20} more problems")
+    rate = f" ({result.prepared / seconds:.1f} images/s)" if result.prepared else ""
+    print(
+        f"Prepared {result.prepared} images in {seconds:.1f}s{rate}; {result.already_there} were already there; "
+        f"{len(result.problems)} problems. Dataset: {result.out}"
+    )
+
+
+def _split(args: dict) -> None:
+    from melanoma.data.split import split
+
+    print(split(build_config(SplitConfig, args.pop("config", None), **args)).to_string())
+
+
+def _train(args: dict) -> None:
+    from melanoma.training.fit import train
+
+    if args.pop("no_metadata", False):
+        args["use_metadata"] = False
+    run = train(build_config(TrainConfig, args.pop("config", None), **args))
+    print(f"Run directory: {run}")
+
+
+def _evaluate(args: dict) -> None:
+    from melanoma.evaluation.evaluate import evaluate
+
+    metrics = evaluate(build_config(EvaluateConfig, args.pop("config", None), **args))
+    print(
+        f"AUC {metrics['auc']:.4f} on {metrics['images']} images ({metrics['melanomas']} melanomas, "
+        f"{metrics['patients']} patients). Results: {metrics['out']}"
+    )
+
+
+def _predict(args: dict) -> None:
+    from melanoma.inference.predictor import predict
+
+    config = build_config(PredictConfig, args.pop("config", None), **args)
+    result = predict(config)
+    print(f"Wrote {len(result)} predictions to {config.out}")
+
+
+def _demo(args: dict) -> None:
+    from melanoma.demo import demo
+
+    started = time.time()
+    metrics = demo(build_config(DemoConfig, args.pop("config", None), **args))
+    print(
+        f"\nDemo finished in {time.time() - started:.0f}s: test AUC {metrics['auc']:.3f} "
+        f"on {metrics['images']} images ({metrics['melanomas']} melanomas)."
+    )
+    print("These numbers are from SYNTHETIC lesions: they show the pipeline works, not how well it detects melanoma.")
+    print(f"ROC curve, metrics and predictions: {metrics['out']}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="melanoma", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"melanoma {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Callable[[dict], None], help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help, argument_default=S)
+        sub.set_defaults(handler=handler)
+        sub.add_argument("--config", metavar="YAML", help="settings file; flags given here override it")
+        return sub
+
+    p = command("prepare", _prepare, "raw images + metadata CSV -> prepared dataset directory")
+    p.add_argument("--images", metavar="DIR_OR_ZIP", help="folder (searched recursively) or zip of JPEG/PNG images")
+    p.add_argument("--metadata", metavar="CSV", help="ISIC 2020 / Kaggle / ISIC Archive / HAM10000 metadata CSV")
+    p.add_argument("--out", metavar="DATA", help="dataset directory (created, or extended)")
+    p.add_argument("--size", type=int, help="centre-crop and resize to this many pixels (default 512)")
+    p.add_argument("--workers", type=int, help="parallel processes (default: one per CPU core)")
+    p.add_argument("--duplicates", metavar="CSV", help="ISIC 2020 duplicates list: drop the second image of each pair")
+    p.add_argument("--source", help="value of the `source` column for these rows (default: the images' name)")
+
+    p = command("split", _split, "assign train/val/test grouped by patient, stratified by melanoma")
+    p.add_argument("data", nargs="?", metavar="DATA")
+    p.add_argument("--test-size", type=float, dest="test_size", help="fraction held out for test (default 0.2)")
+    p.add_argument("--val-size", type=float, dest="val_size", help="fraction of the rest for validation (default 0.2)")
+    p.add_argument("--seed", type=int)
+
+    p = command("train", _train, "train a model on a prepared, split dataset -> run directory")
+    p.add_argument("data", nargs="?", metavar="DATA")
+    p.add_argument("--out", metavar="RUN")
+    p.add_argument("--model", help="model name (default basic-cnn)")
+    p.add_argument("--epochs", type=int, help="default 11")
+    p.add_argument("--batch-size", type=int, dest="batch_size", help="default 16")
+    p.add_argument("--image-size", type=int, dest="image_size", help="network input size (default 512)")
+    p.add_argument("--no-metadata", action="store_true", dest="no_metadata", help="image network only")
+    p.add_argument("--final", action="store_true", help="train on train+val for the fixed epoch count")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float, dest="weight_decay")
+    p.add_argument("--oversample", type=float, help="draw melanoma images this many times as often (default 5)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--num-workers", type=int, dest="num_workers", help="data loader processes")
+    p.add_argument("--accelerator", help="auto, cpu, gpu (default auto)")
+    p.add_argument("--devices", help="auto, a count, or a list like 0,1")
+    p.add_argument("--precision", help="32-true, bf16-mixed, 16-mixed (default: bf16-mixed on GPU, else 32-true)")
+    p.add_argument("--max-images", type=int, dest="max_images", help="train on at most this many images")
+
+    p = command("evaluate", _evaluate, "AUC, ROC curve and predictions of a run on a dataset split")
+    p.add_argument("run", nargs="?", metavar="RUN")
+    p.add_argument("--data", metavar="DATA")
+    p.add_argument("--split", help="train, val, test, or all (an external dataset; default test)")
+    p.add_argument("--batch-size", type=int, dest="batch_size")
+    p.add_argument("--num-workers", type=int, dest="num_workers")
+
+    p = command("predict", _predict, "melanoma probabilities for new images -> image_name,target CSV")
+    p.add_argument("run", nargs="?", metavar="RUN")
+    p.add_argument("--images", metavar="DIR_OR_ZIP")
+    p.add_argument("--metadata", metavar="CSV", help="optional; without it metadata counts as missing")
+    p.add_argument("--out", metavar="PREDICTIONS.csv")
+    p.add_argument("--batch-size", type=int, dest="batch_size")
+    p.add_argument("--num-workers", type=int, dest="num_workers")
+
+    p = command("demo", _demo, "synthetic data -> prepare -> split -> train -> evaluate, no download needed")
+    p.add_argument("--out", metavar="DIR", help="default ./demo")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--patients", type=int, dest="n_patients")
+    p.add_argument("--image-size", type=int, dest="image_size")
+    p.add_argument("--seed", type=int)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    handler = args.pop("handler")
+    args.pop("command")
+    try:
+        handler(args)
+    except MelanomaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to continue where it stopped", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,195 @@
+"""One typed configuration object per command, loadable from YAML and saved beside every run.
+
+Command-line flags override values from a YAML file, which override the dataclass defaults, so a saved
+``config.yaml`` reproduces a run exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+import yaml
+
+from melanoma.errors import MelanomaError
+
+C = TypeVar("C")
+
+
+@dataclass
+class PrepareConfig:
+    """Decode raw images once, centre-crop and resize them, and write a dataset directory."""
+
+    images: Path
+    metadata: Path
+    out: Path
+    size: int = 512
+    workers: int | None = None  # None: one per CPU core
+    duplicates: Path | None = None  # the official ISIC 2020 duplicates CSV; drops the second image of each pair
+    source: str | None = None  # the rows' `source` value; default: the images folder or zip name
+
+
+@dataclass
+class SplitConfig:
+    """Assign train / val / test by patient, stratified by melanoma."""
+
+    data: Path
+    test_size: float = 0.2
+    val_size: float = 0.2  # fraction of the non-test part
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a trained model; saved as the `train` section of a run's config.yaml."""
+
+    data: Path
+    out: Path
+    model: str = "basic-cnn"
+    epochs: int = 11
+    batch_size: int = 16
+    image_size: int = 512
+    use_metadata: bool = True
+    final: bool = False  # train on train+val for `epochs` epochs, no validation
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    oversample: float = 5.0  # melanoma images are drawn this many times as often as others (1 = off)
+    metadata_hidden: list[int] = field(default_factory=lambda: [32, 32])
+    fused_width: int = 64
+    dropout: float = 0.3
+    color_jitter: float = 0.2
+    seed: int = 0
+    num_workers: int | None = None  # None: min(4, CPU cores - 1)
+    accelerator: str = "auto"
+    devices: str = "auto"
+    precision: str | None = None  # None: bf16-mixed on GPUs that support it, else 32-true
+    max_images: int | None = None  # use only this many training images (quick experiments)
+
+
+@dataclass
+class EvaluateConfig:
+    run: Path
+    data: Path
+    split: str = "test"  # a split name, or "all" for every row (an external test set)
+    batch_size: int = 32
+    num_workers: int | None = None
+
+
+@dataclass
+class PredictConfig:
+    run: Path
+    images: Path
+    out: Path
+    metadata: Path | None = None
+    batch_size: int = 32
+    num_workers: int | None = None
+
+
+@dataclass
+class DemoConfig:
+    out: Path = Path("demo")
+    n_patients: int = 150
+    image_size: int = 64
+    epochs: int = 15
+    seed: int = 0
+
+
+def _coerce(value: Any, annotation: Any, name: str) -> Any:
+    """Convert a YAML/CLI value to the field's declared type, with a one-line error naming the field."""
+    if value is None:
+        return None
+    text = str(annotation)
+    try:
+        if "Path" in text:
+            return Path(value)
+        if text.startswith("list"):
+            return [int(v) for v in value] if not isinstance(value, str) else [int(v) for v in value.split(",")]
+        if "bool" in text:
+            if isinstance(value, str):
+                if value.lower() not in {"true", "false", "yes", "no", "1", "0"}:
+                    raise ValueError(value)
+                return value.lower() in {"true", "yes", "1"}
+            return bool(value)
+        if "int" in text and "float" not in text:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if "float" in text:
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise MelanomaError(f"config field '{name}': cannot read {value!r} as {text}") from None
+
+
+def build_config(cls: type[C], yaml_path: Path | None = None, **overrides: Any) -> C:
+    """Create `cls` from defaults, then a YAML file (flat, or with a section named like the command), then overrides."""
+    values: dict[str, Any] = {}
+    if yaml_path is not None:
+        values.update(read_yaml_section(Path(yaml_path), cls))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise MelanomaError(f"{yaml_path or 'config'}: unknown field(s) {', '.join(unknown)} for {cls.__name__}")
+    coerced = {k: _coerce(v, hints[k], k) for k, v in values.items()}
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in coerced and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise MelanomaError(f"{yaml_path or 'config'}: missing required field(s) {', '.join(missing)}")
+    return cls(**coerced)
+
+
+def read_yaml_section(path: Path, cls: type) -> dict[str, Any]:
+    """Read a config file; a run's config.yaml keeps the command's settings under e.g. `train:`."""
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise MelanomaError(f"{path}: config file not found") from None
+    except yaml.YAMLError as exc:
+        raise MelanomaError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(loaded, dict):
+        raise MelanomaError(f"{path}: expected a mapping of field: value")
+    section = cls.__name__.removesuffix("Config").lower()
+    if isinstance(loaded.get(section), dict):
+        return dict(loaded[section])
+    return loaded
+
+
+def to_plain(obj: Any) -> Any:
+    """Dataclasses and Paths as plain YAML/JSON-friendly values."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file beside `path`, then rename: a reader never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_yaml(path: Path, data: Any) -> None:
+    atomic_write_text(path, yaml.safe_dump(to_plain(data), sort_keys=False))

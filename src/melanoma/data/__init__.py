@@ -1,0 +1,1 @@
+"""Data: raw metadata and images -> a prepared dataset directory -> split -> torch datasets."""

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, plots and the `evaluate` command that writes them into RUN/eval/."""

@@ -1,0 +1,1 @@
+"""Inference from a RUN dir alone: no Lightning, no dataset directory needed."""

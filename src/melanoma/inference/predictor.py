@@ -1,0 +1,125 @@
+"""RUN dir -> melanoma probabilities, for prepared datasets and for raw images (folder or zip)."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from melanoma.config import PredictConfig, atomic_write_text
+from melanoma.data.dataset import LesionDataset, build_transforms, default_num_workers, prepared_dataset
+from melanoma.data.images import ImageSource, load_image
+from melanoma.data.metadata import CANONICAL_COLUMNS, read_metadata
+from melanoma.errors import MelanomaError
+from melanoma.models import FusionClassifier
+from melanoma.rundir import WEIGHTS, RunConfig
+
+
+class Predictor:
+    """A trained model with the exact preprocessing and metadata encoding it was trained with."""
+
+    def __init__(self, config: RunConfig, model: FusionClassifier, device: torch.device) -> None:
+        self.config = config
+        self.model = model.to(device).eval()
+        self.device = device
+        pre = config.preprocessing
+        self.transform = build_transforms(pre.image_size, tuple(pre.mean), tuple(pre.std), train=False)
+
+    @classmethod
+    def from_run(cls, run_dir: Path, device: str | None = None) -> Predictor:
+        config = RunConfig.load(run_dir)
+        path = Path(run_dir) / WEIGHTS
+        if not path.is_file():
+            raise MelanomaError(f"{run_dir}: no {WEIGHTS}; the run has not finished (rerun `melanoma train` to resume)")
+        model = config.create_model()
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise MelanomaError(f"{path}: cannot read weights ({exc})") from None
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise MelanomaError(
+                f"{path}: weights do not match the model in config.yaml "
+                f"(missing: {len(missing)}, unexpected: {len(unexpected)}, e.g. {(missing or unexpected)[0]})"
+            )
+        return cls(config, model, torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+
+    def features(self, frame: pd.DataFrame) -> np.ndarray:
+        """Metadata features for `frame`; zero columns when the model does not use metadata."""
+        if self.config.metadata is None:
+            return np.zeros((len(frame), 0), dtype=np.float32)
+        return self.config.metadata.encode(frame)
+
+    @torch.inference_mode()
+    def predict_dataset(self, dataset: Dataset, batch_size: int = 32, num_workers: int | None = None) -> np.ndarray:
+        """Melanoma probability for every item of a LesionDataset, in order."""
+        workers = default_num_workers() if num_workers is None else num_workers
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)
+        scores = []
+        for images, metadata, _ in tqdm(loader, desc="predict", unit="batch", disable=None, leave=False):
+            logits = self.model(images.to(self.device), metadata.to(self.device))
+            scores.append(torch.sigmoid(logits.float()).cpu().numpy())
+        return np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32)
+
+    def predict_prepared(
+        self, data_dir: Path, rows: pd.DataFrame, all_rows: pd.DataFrame, **loader: int | None
+    ) -> np.ndarray:
+        """Scores for `rows` of a prepared dataset; patient image counts come from `all_rows`."""
+        features = self.features(all_rows)[all_rows.index.get_indexer(rows.index)]
+        return self.predict_dataset(prepared_dataset(data_dir, rows, features, self.transform), **loader)
+
+    def predict_raw(
+        self, source: ImageSource, frame: pd.DataFrame, members: list[str], **loader: int | None
+    ) -> np.ndarray:
+        """Scores for raw images, decoded and cropped exactly as `prepare` does."""
+        load = partial(_load_member, source, self.config.preprocessing.prepared_size)
+        targets = np.full(len(frame), np.nan, dtype=np.float32)
+        dataset = LesionDataset(members, self.features(frame), targets, self.transform, load, unreadable_as_nan=True)
+        return self.predict_dataset(dataset, **loader)
+
+
+def _load_member(source: ImageSource, size: int, member: str) -> Image.Image:
+    return load_image(source.read_bytes(member), size)
+
+
+def predict(config: PredictConfig) -> pd.DataFrame:
+    """The `predict` command: a folder or zip of raw images -> image_name,target CSV (Kaggle layout)."""
+    predictor = Predictor.from_run(config.run)
+    source = ImageSource(Path(config.images))
+    found, problems = source.index()
+    if not found:
+        raise MelanomaError(f"{config.images}: no JPEG or PNG images found")
+    names = sorted(found)
+    frame = pd.DataFrame({"image_name": names})
+    if config.metadata is not None:
+        table = read_metadata(Path(config.metadata))
+        problems += table.problems
+        frame = frame.merge(table.frame, on="image_name", how="left")
+        without = frame["patient_id"].isna()
+        if without.any():
+            problems.append(f"{config.metadata}: no row for {int(without.sum())} images; predicted without metadata")
+    for column in CANONICAL_COLUMNS:
+        if column not in frame:
+            frame[column] = None
+    frame["patient_id"] = frame["patient_id"].fillna(frame["image_name"])
+    for problem in problems:
+        print(f"warning: {problem}")
+    scores = predictor.predict_raw(
+        source, frame, [found[n] for n in names], batch_size=config.batch_size, num_workers=config.num_workers
+    )
+    result = pd.DataFrame({"image_name": names, "target": scores})
+    for name in result.loc[result["target"].isna(), "image_name"]:
+        try:
+            load_image(source.read_bytes(found[name]), predictor.config.preprocessing.prepared_size)
+        except ValueError as exc:
+            print(f"warning: {config.images}/{found[name]}: {exc}; no prediction")
+    atomic_write_text(Path(config.out), result.to_csv(index=False))
+    return result

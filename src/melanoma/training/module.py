@@ -1,0 +1,46 @@
+"""Lightning wrapper: loss, optimiser, warm-up + cosine schedule and validation AUC around a plain model."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchmetrics.classification import BinaryAUROC
+
+
+class LesionClassifierModule(L.LightningModule):
+    def __init__(self, model: nn.Module, lr: float, weight_decay: float, warmup_epochs: float) -> None:
+        super().__init__()
+        self.model = model
+        self.save_hyperparameters(ignore=["model"])
+        self.val_auc = BinaryAUROC()
+
+    def forward(self, images: torch.Tensor, metadata: torch.Tensor) -> torch.Tensor:
+        return self.model(images, metadata)
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        images, metadata, targets = batch
+        loss = F.binary_cross_entropy_with_logits(self(images, metadata).float(), targets)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets))
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        images, metadata, targets = batch
+        logits = self(images, metadata).float()
+        loss = F.binary_cross_entropy_with_logits(logits, targets)
+        self.val_auc.update(torch.sigmoid(logits), targets.long())
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(targets), sync_dist=True)
+        self.log("val_auc", self.val_auc, on_epoch=True, prog_bar=True, batch_size=len(targets))
+
+    def configure_optimizers(self) -> dict:
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = min(total - 1, int(total * self.hparams.warmup_epochs / max(1, self.trainer.max_epochs)))
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
+        if warmup > 0:
+            ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=warmup)
+            schedule = torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
+        else:
+            schedule = cosine
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
