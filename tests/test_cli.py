@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from melanoma.cli import main
 
@@ -56,6 +57,21 @@ def test_the_whole_path_from_raw_images_to_predictions(raw_data, tmp_path: Path,
     assert code == 0 and out.startswith("AUC ")
     code, out, _ = run_cli(capsys, "predict", run, "--images", images, "--out", tmp_path / "p.csv")
     assert code == 0 and len(pd.read_csv(tmp_path / "p.csv")) == len(pd.read_csv(metadata))
+
+
+def test_a_timm_backbone_trains_evaluates_and_predicts_through_the_same_cli(
+    raw_data, split_data: Path, tmp_path: Path, capsys
+) -> None:
+    run = tmp_path / "run"
+    flags = ["--epochs", 1, "--image-size", 32, "--batch-size", 8, "--num-workers", 0, "--backbone-lr", 1e-4]
+    code, _, err = run_cli(capsys, "train", split_data, "--model", "test_efficientnet", "--out", run, *flags)
+    assert code == 0, err
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["train"]["backbone_lr"] == 1e-4 and saved["preprocessing"]["interpolation"] == "bicubic"
+    code, out, _ = run_cli(capsys, "evaluate", run, "--data", split_data)
+    assert code == 0 and out.startswith("AUC ")
+    code, _, _ = run_cli(capsys, "predict", run, "--images", raw_data[0], "--out", tmp_path / "p.csv")
+    assert code == 0 and pd.read_csv(tmp_path / "p.csv")["target"].between(0, 1).all()
 
 
 def test_train_reads_a_config_file_and_flags_override_it(raw_data, split_data: Path, tmp_path: Path, capsys) -> None:

@@ -49,13 +49,17 @@ class TrainConfig:
 
     data: Path
     out: Path
-    model: str = "basic-cnn"
+    model: str = "basic-cnn"  # basic-cnn, or any timm model name (e.g. resnest269e, tf_efficientnet_lite0)
+    pretrained: bool = False  # ImageNet weights: timm's hub, or an installed offline package
+    weights: Path | None = None  # a local backbone state dict (.safetensors or .pth); wins over `pretrained`
     epochs: int = 11
     batch_size: int = 16
-    image_size: int = 512
+    image_size: int | None = None  # network input; None: 512 for basic-cnn, the backbone's pretrained size
+    crop_pct: float | None = None  # evaluation centre crop = image_size / resize; None: from the backbone
     use_metadata: bool = True
     final: bool = False  # train on train+val for `epochs` epochs, no validation
-    lr: float = 1e-3
+    lr: float = 1e-3  # new layers (and a randomly initialised image network)
+    backbone_lr: float | None = None  # None: lr / 10 for pretrained weights, else lr
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
     oversample: float = 5.0  # melanoma images are drawn this many times as often as others (1 = off)
@@ -64,10 +68,15 @@ class TrainConfig:
     dropout: float = 0.3
     color_jitter: float = 0.2
     seed: int = 0
-    num_workers: int | None = None  # None: min(4, CPU cores - 1)
+    num_workers: int | None = None  # None: none on 2 cores, else up to 8
     accelerator: str = "auto"
-    devices: str = "auto"
+    devices: str = "auto"  # a count, a list like 0,1, or auto
+    num_nodes: int = 1
+    strategy: str = "auto"  # Lightning strategy; auto picks DDP for several devices
     precision: str | None = None  # None: bf16-mixed on GPUs that support it, else 32-true
+    accumulate_grad_batches: int = 1
+    channels_last: bool | None = None  # None: on for GPUs
+    compile: bool = False  # torch.compile the model (worth it on GPUs for long runs)
     max_images: int | None = None  # use only this many training images (quick experiments)
 
 

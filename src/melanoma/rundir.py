@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from torchvision.transforms import v2
 
 from melanoma import __version__
 from melanoma.config import TrainConfig, build_config, to_plain, write_yaml
-from melanoma.data.dataset import MetadataEncoder
+from melanoma.data.dataset import MetadataEncoder, build_transforms
 from melanoma.errors import MelanomaError
 from melanoma.models import FusionClassifier, create_model
 
@@ -34,6 +35,13 @@ class Preprocessing:
     image_size: int  # the network's input size
     mean: list[float]
     std: list[float]
+    crop_pct: float = 1.0  # evaluation: resize to image_size / crop_pct, then centre crop
+    interpolation: str = "bilinear"
+
+    def transforms(self, train: bool, color_jitter: float = 0.0) -> v2.Compose:
+        return build_transforms(
+            self.image_size, self.mean, self.std, train, color_jitter, self.crop_pct, self.interpolation
+        )
 
 
 @dataclass

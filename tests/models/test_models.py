@@ -39,6 +39,6 @@ def test_image_only_model_ignores_metadata() -> None:
     torch.testing.assert_close(model(images, torch.zeros(2, 0)), model(images, torch.zeros(2, 0)))
 
 
-def test_unknown_model_lists_the_available_ones() -> None:
-    with pytest.raises(MelanomaError, match="unknown model; available: basic-cnn"):
-        create_model("resnet9000", 0, [8], 16, 0.0)
+def test_unknown_model_suggests_similar_names() -> None:
+    with pytest.raises(MelanomaError, match=r"--model resnest9000: neither basic-cnn nor a timm model.*resnest50d"):
+        create_model("resnest9000", 0, [8], 16, 0.0)

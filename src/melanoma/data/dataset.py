@@ -6,7 +6,7 @@ Nothing here depends on Lightning: prediction and serving use the same code as t
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,9 +18,6 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from melanoma.data.metadata import SEXES, SITES
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
@@ -64,12 +61,20 @@ def _one_hot(values: pd.Series, levels: list[str]) -> np.ndarray:
 
 
 def build_transforms(
-    image_size: int, mean: tuple[float, ...], std: tuple[float, ...], train: bool, color_jitter: float = 0.0
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    train: bool,
+    color_jitter: float = 0.0,
+    crop_pct: float = 1.0,
+    interpolation: str = "bilinear",
 ) -> v2.Compose:
-    """Training: random resized crop, the 8 flips/rotations, colour jitter. Evaluation: resize + centre crop."""
+    """Training: random resized crop, the 8 flips/rotations, colour jitter. Evaluation: resize to
+    image_size / crop_pct, then centre crop (a 512 image, crop_pct 0.8125: the founding 416 centre crop)."""
+    mode = v2.InterpolationMode(interpolation)
     if train:
         geometry = [
-            v2.RandomResizedCrop(image_size, scale=(0.6, 1.0), ratio=(0.8, 1.25), antialias=True),
+            v2.RandomResizedCrop(image_size, scale=(0.5, 1.0), ratio=(0.8, 1.25), interpolation=mode, antialias=True),
             v2.RandomHorizontalFlip(),
             v2.RandomVerticalFlip(),
             v2.RandomChoice([v2.RandomRotation((angle, angle)) for angle in (0, 90)]),
@@ -77,8 +82,11 @@ def build_transforms(
         if color_jitter > 0:
             geometry.append(v2.ColorJitter(color_jitter, color_jitter, color_jitter))
     else:
-        geometry = [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
-    return v2.Compose([v2.ToImage(), *geometry, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+        resize = round(image_size / crop_pct)
+        geometry = [v2.Resize(resize, interpolation=mode, antialias=True), v2.CenterCrop(image_size)]
+    return v2.Compose(
+        [v2.ToImage(), *geometry, v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    )
 
 
 class LesionDataset(Dataset):

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from melanoma.config import PredictConfig, atomic_write_text
-from melanoma.data.dataset import LesionDataset, build_transforms, default_num_workers, prepared_dataset
+from melanoma.data.dataset import LesionDataset, default_num_workers, prepared_dataset
 from melanoma.data.images import ImageSource, load_image
 from melanoma.data.metadata import CANONICAL_COLUMNS, read_metadata
 from melanoma.errors import MelanomaError
@@ -30,8 +30,7 @@ class Predictor:
         self.config = config
         self.model = model.to(device).eval()
         self.device = device
-        pre = config.preprocessing
-        self.transform = build_transforms(pre.image_size, tuple(pre.mean), tuple(pre.std), train=False)
+        self.transform = config.preprocessing.transforms(train=False)
 
     @classmethod
     def from_run(cls, run_dir: Path, device: str | None = None) -> Predictor:

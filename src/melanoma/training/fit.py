@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -18,27 +19,22 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from safetensors.torch import save_file
-from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from melanoma.config import TrainConfig, atomic_write_text, to_plain
-from melanoma.data.dataset import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    MetadataEncoder,
-    build_transforms,
-    default_num_workers,
-    prepared_dataset,
-)
+from melanoma.data.dataset import MetadataEncoder
 from melanoma.data.prepare import DATASET_INFO, read_manifest
 from melanoma.errors import MelanomaError
+from melanoma.models import create_model, default_data_settings
 from melanoma.rundir import CHECKPOINTS, METRICS, WEIGHTS, Preprocessing, RunConfig, library_versions
+from melanoma.training.datamodule import LesionDataModule
 from melanoma.training.module import LesionClassifierModule
 
 # Settings that may change between a run and its resumption without changing the result.
-RESUMABLE_DIFFERENCES = {"out", "num_workers", "accelerator", "devices"}
+RESUMABLE_DIFFERENCES = {"out", "num_workers", "accelerator", "devices", "num_nodes", "strategy", "compile"}
 
 
 def train(config: TrainConfig) -> Path:
+    config = resolve(config)
     run = Path(config.out)
     manifest = read_manifest(config.data)
     train_rows, val_rows = _select_rows(manifest, config)
@@ -48,24 +44,57 @@ def train(config: TrainConfig) -> Path:
         return run
 
     encoder = MetadataEncoder.fit(train_rows) if config.use_metadata else None
-    prepared_size = _prepared_size(Path(config.data))
-    run_config = RunConfig(
-        train=config,
-        preprocessing=Preprocessing(prepared_size, config.image_size, list(IMAGENET_MEAN), list(IMAGENET_STD)),
-        metadata=encoder,
-        versions=library_versions(),
+    settings = default_data_settings(config.model)
+    preprocessing = Preprocessing(
+        prepared_size=_prepared_size(Path(config.data)),
+        image_size=config.image_size,
+        mean=settings.mean,
+        std=settings.std,
+        crop_pct=config.crop_pct,
+        interpolation=settings.interpolation,
     )
+    run_config = RunConfig(train=config, preprocessing=preprocessing, metadata=encoder, versions=library_versions())
     run.mkdir(parents=True, exist_ok=True)
     run_config.save(run)
 
     L.seed_everything(config.seed, workers=True, verbose=False)
-    features = (encoder or MetadataEncoder()).encode(manifest)
     if encoder is None:
         features = np.zeros((len(manifest), 0), dtype=np.float32)
-    train_loader = _loader(config, manifest, train_rows, features, train=True)
-    val_loader = _loader(config, manifest, val_rows, features, train=False) if len(val_rows) else None
-
-    module = LesionClassifierModule(run_config.create_model(), config.lr, config.weight_decay, config.warmup_epochs)
+    else:
+        features = encoder.encode(manifest)  # patient image counts over the whole dataset
+    rows_of = manifest.index.get_indexer
+    data = LesionDataModule(
+        Path(config.data),
+        train_rows,
+        val_rows,
+        features[rows_of(train_rows.index)],
+        features[rows_of(val_rows.index)],
+        preprocessing,
+        batch_size=config.batch_size,
+        oversample=config.oversample,
+        color_jitter=config.color_jitter,
+        num_workers=config.num_workers,
+    )
+    model = create_model(
+        config.model,
+        encoder.dim if encoder else 0,
+        config.metadata_hidden,
+        config.fused_width,
+        config.dropout,
+        pretrained=config.pretrained,
+        weights=config.weights,
+    )
+    on_gpu = _uses_gpu(config.accelerator)
+    module = LesionClassifierModule(
+        model,
+        lr=config.lr,
+        backbone_lr=config.backbone_lr,
+        weight_decay=config.weight_decay,
+        warmup_epochs=config.warmup_epochs,
+        channels_last=on_gpu if config.channels_last is None else config.channels_last,
+    )
+    if config.compile:
+        module.model.compile()  # in place: parameter names, and so the saved weights, stay the same
     checkpoint = ModelCheckpoint(
         dirpath=run / CHECKPOINTS,
         filename="best",
@@ -78,12 +107,15 @@ def train(config: TrainConfig) -> Path:
         max_epochs=config.epochs,
         accelerator=config.accelerator,
         devices=config.devices,
-        precision=config.precision or default_precision(),
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        precision=config.precision or default_precision(on_gpu),
+        accumulate_grad_batches=config.accumulate_grad_batches,
         # one log folder per attempt (logs/version_N), flushed every step so that a kill loses nothing
         logger=CSVLogger(run, name="logs", flush_logs_every_n_steps=1),
         callbacks=[checkpoint],
         default_root_dir=run,
-        log_every_n_steps=max(1, min(50, len(train_loader))),
+        log_every_n_steps=max(1, min(50, len(train_rows) // config.batch_size)),
         num_sanity_val_steps=0,
         limit_val_batches=0 if config.final else None,
     )
@@ -96,7 +128,7 @@ def train(config: TrainConfig) -> Path:
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
         try:
-            trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
+            trainer.fit(module, datamodule=data, ckpt_path=resume)
         except SystemExit:
             if trainer.interrupted:  # Lightning turns Ctrl+C into exit(1); the last epoch's checkpoint remains
                 raise KeyboardInterrupt from None
@@ -116,10 +148,28 @@ def train(config: TrainConfig) -> Path:
         "train_images": len(train_rows),
         "val_images": len(val_rows),
         "train_seconds": round(time.time() - started, 1),
+        "devices": trainer.world_size,
+        "precision": str(trainer.precision),
     }
     run_config.save(run)
     _merge_attempt_logs(run)
     return run
+
+
+def resolve(config: TrainConfig) -> TrainConfig:
+    """Fill the settings whose default depends on the model, so config.yaml records what was really used."""
+    settings = default_data_settings(config.model)
+    uses_pretrained = config.pretrained or config.weights is not None
+    return replace(
+        config,
+        image_size=config.image_size or settings.image_size,
+        crop_pct=config.crop_pct or settings.crop_pct,
+        backbone_lr=config.backbone_lr or (config.lr / 10 if uses_pretrained else config.lr),
+    )
+
+
+def _uses_gpu(accelerator: str) -> bool:
+    return accelerator in {"gpu", "cuda"} or (accelerator == "auto" and torch.cuda.is_available())
 
 
 def _merge_attempt_logs(run: Path) -> None:
@@ -136,9 +186,9 @@ def _merge_attempt_logs(run: Path) -> None:
     atomic_write_text(run / METRICS, merged.to_csv(index=False))
 
 
-def default_precision() -> str:
+def default_precision(on_gpu: bool) -> str:
     """bf16 autocast where it is fast (recent GPUs); full precision elsewhere for exact, portable results."""
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+    if on_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16-mixed"
     return "32-true"
 
@@ -181,27 +231,6 @@ def _check_run_dir(run: Path, config: TrainConfig) -> str:
 
 def _prepared_size(data_dir: Path) -> int:
     return int(json.loads((data_dir / DATASET_INFO).read_text())["size"])
-
-
-def _loader(
-    config: TrainConfig, manifest: pd.DataFrame, rows: pd.DataFrame, features: np.ndarray, train: bool
-) -> DataLoader:
-    transform = build_transforms(config.image_size, IMAGENET_MEAN, IMAGENET_STD, train, config.color_jitter)
-    dataset = prepared_dataset(config.data, rows, features[manifest.index.get_indexer(rows.index)], transform)
-    workers = default_num_workers() if config.num_workers is None else config.num_workers
-    sampler = None
-    if train:
-        weights = np.where(rows["target"].to_numpy() == 1, config.oversample, 1.0)
-        sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), len(rows), replacement=True)
-    return DataLoader(
-        dataset,
-        batch_size=config.batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        drop_last=train and len(rows) > config.batch_size,
-        persistent_workers=workers > 0,
-        pin_memory=torch.cuda.is_available(),
-    )
 
 
 def _save_weights(path: Path, weights: dict[str, torch.Tensor]) -> None:
