@@ -3,8 +3,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from melanoma.data.metadata import CANONICAL_COLUMNS, read_duplicates, read_metadata
+from melanoma.data.metadata import CANONICAL_COLUMNS, SITES, read_duplicates, read_metadata
 from melanoma.errors import MelanomaError
 
 
@@ -134,3 +136,48 @@ def test_the_real_isic2020_metadata_reads_without_problems() -> None:
     assert int(frame["site"].isna().sum()) == 527 and int(frame["sex"].isna().sum()) == 65
     assert table.problems == []
     assert isinstance(frame, pd.DataFrame)
+
+
+def test_only_an_image_column_is_required(tmp_path: Path) -> None:
+    frame = read_metadata(write(tmp_path / "m.csv", "image_name\na\nb\n")).frame
+    assert frame["patient_id"].tolist() == ["a", "b"]
+    assert frame[["sex", "age_approx", "site", "target"]].isna().all().all()
+
+
+_cell = st.one_of(
+    st.sampled_from(["", "male", "F", "45", "45.0", "unknown", "torso", "Posterior Torso", "1", "0", "2", "NaN"]),
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12),
+)
+_optional_columns = ["patient_id", "lesion_id", "sex", "age_approx", "anatom_site_general_challenge", "target",
+                     "diagnosis", "extra column"]  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    columns=st.lists(st.sampled_from(_optional_columns), unique=True, max_size=6).flatmap(st.permutations),
+    rows=st.integers(min_value=0, max_value=6),
+    data=st.data(),
+    bom=st.booleans(),
+    newline=st.sampled_from(["\n", "\r\n"]),
+)
+def test_any_csv_is_read_or_refused_in_one_line(tmp_path: Path, columns, rows, data, bom, newline) -> None:
+    """Whatever the cells hold, the reader returns canonical values or raises MelanomaError, nothing else."""
+    header = ["image_name", *columns]
+    names = data.draw(st.lists(st.text(min_size=0, max_size=8), min_size=rows, max_size=rows))
+    body = [[name, *(data.draw(_cell) for _ in columns)] for name in names]
+    frame = pd.DataFrame(body, columns=header)
+    path = tmp_path / "m.csv"
+    path.write_bytes(frame.to_csv(index=False, lineterminator=newline).encode("utf-8-sig" if bom else "utf-8"))
+    try:
+        table = read_metadata(path)
+    except MelanomaError as exc:
+        assert "\n" not in str(exc)
+        return
+    out = table.frame
+    assert list(out.columns) == CANONICAL_COLUMNS
+    assert out["image_name"].is_unique and (out["patient_id"].str.len() > 0).all()
+    assert set(out["sex"].dropna()) <= {"male", "female"}
+    assert set(out["site"].dropna()) <= set(SITES)
+    assert set(out["target"].dropna()) <= {0.0, 1.0}
+    assert out["age_approx"].dropna().between(0, 120).all()
+    assert all("\n" not in problem for problem in table.problems)

@@ -1,9 +1,15 @@
 import io
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -146,3 +152,47 @@ def test_images_with_odd_names_are_prepared(tmp_path: Path) -> None:
     metadata.write_text("image_name,target\nlésion 1,0\nUPPER,1\n", encoding="utf-8")
     result = prepare(config(folder, metadata, tmp_path / "data"))
     assert result.prepared == 2 and result.problems == []
+
+
+def test_a_manifest_cannot_point_outside_its_dataset(split_data: Path) -> None:
+    manifest = read_manifest(split_data)
+    manifest.loc[3, "path"] = "../../etc/passwd"
+    manifest.to_csv(split_data / "manifest.csv", index=False)
+    with pytest.raises(MelanomaError, match=r"manifest.csv:5: path '../../etc/passwd' is not a file in images/"):
+        read_manifest(split_data)
+
+
+@pytest.mark.slow
+def test_prepare_killed_mid_run_leaves_no_partial_image_and_resumes(tmp_path: Path) -> None:
+    """SIGKILL a real `melanoma prepare`, then run it again: it finishes without redoing finished images."""
+    images, metadata = tmp_path / "raw", tmp_path / "metadata.csv"
+    images.mkdir()
+    noise = np.random.default_rng(0).integers(0, 255, (150, 200, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).resize((2400, 1800)).save(buffer, "JPEG", quality=90)  # ~30 ms to prepare each
+    names = [f"ISIC_{i:07d}" for i in range(80)]
+    for name in names:
+        (images / f"{name}.jpg").write_bytes(buffer.getvalue())
+    pd.DataFrame({"image_name": names, "target": [i % 2 for i in range(80)]}).to_csv(metadata, index=False)
+    out = tmp_path / "data"
+    command = [sys.executable, "-m", "melanoma", "prepare", "--images", str(images), "--metadata", str(metadata),
+               "--out", str(out), "--size", "256", "--workers", "1"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while process.poll() is None and time.time() < deadline and len(list(out.glob("images/*.jpg"))) < 5:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished_before = {p.name: p.stat().st_mtime_ns for p in out.glob("images/*.jpg")}
+    total = len(pd.read_csv(metadata))
+    assert 5 <= len(finished_before) < total, "the kill should land mid-run"
+    assert not (out / "manifest.csv").exists()
+    for name in finished_before:  # every image that looks finished is complete
+        with Image.open(out / "images" / name) as image:
+            image.load()
+
+    subprocess.run(command, env=env, check=True, capture_output=True, timeout=300)
+    assert len(read_manifest(out)) == total
+    assert not list(out.glob("images/.*"))
+    assert {n: (out / "images" / n).stat().st_mtime_ns for n in finished_before} == finished_before

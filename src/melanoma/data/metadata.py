@@ -115,12 +115,15 @@ def read_metadata(path: Path, source: str | None = None) -> MetadataTable:
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise MelanomaError(f"{path}: no image-name column; expected one of: {expected}{hint}")
 
+    if raw.empty:
+        raise MelanomaError(f"{path}: has a header but no rows")
     problems: list[str] = []
     out = pd.DataFrame(index=raw.index)
     out["image_name"] = raw[name_col].str.strip()
-    for index in out.index[out["image_name"].map(_bad_name)]:
+    bad_names = out["image_name"].map(_bad_name).astype(bool)
+    for index in out.index[bad_names]:
         problems.append(f"{path}:{_line(index)}: image name {out.at[index, 'image_name']!r} is not a usable file name")
-    out = out[~out["image_name"].map(_bad_name)]
+    out = out.loc[~bad_names]
 
     duplicated = out["image_name"].duplicated()
     for index in out.index[duplicated]:

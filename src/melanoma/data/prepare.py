@@ -14,7 +14,7 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 from tqdm import tqdm
@@ -63,9 +63,21 @@ def read_manifest(data_dir: Path) -> pd.DataFrame:
     missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
     if missing:
         raise MelanomaError(f"{path}: missing column(s) {', '.join(missing)}")
+    outside = frame.index[~frame["path"].map(_is_image_path)]
+    if len(outside):
+        row = outside[0]
+        raise MelanomaError(
+            f"{path}:{row + 2}: path {frame.at[row, 'path']!r} is not a file in {IMAGES_DIR}/; "
+            f"a manifest may not point outside its dataset"
+        )
     for column in ("sex", "site"):
         frame[column] = frame[column].replace("", None)
     return frame
+
+
+def _is_image_path(path: str) -> bool:
+    parts = PurePosixPath(path).parts
+    return len(parts) == 2 and parts[0] == IMAGES_DIR and parts[1] not in {"", ".", ".."} and "\\" not in path
 
 
 def write_manifest(data_dir: Path, frame: pd.DataFrame) -> None:
@@ -105,6 +117,9 @@ def prepare(config: PrepareConfig) -> PrepareResult:
     ]
 
     out.joinpath(IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / DATASET_INFO, json.dumps(info, indent=2))  # marks the folder as ours from the start
+    for leftover in out.joinpath(IMAGES_DIR).glob(".*.tmp"):  # from a run killed mid-write
+        leftover.unlink(missing_ok=True)
     manifest = read_manifest(out) if (out / MANIFEST).exists() else pd.DataFrame(columns=MANIFEST_COLUMNS)
     new_rows = rows[~rows["image_name"].isin(set(manifest["image_name"]))].copy()
     result.already_there = len(rows) - len(new_rows)
