@@ -103,6 +103,9 @@ def test_train_reads_a_config_file_and_flags_override_it(raw_data, split_data: P
         (["train", "{tmp}", "--out", "{tmp}/run"], "not a prepared dataset"),
         (["evaluate", "{tmp}", "--data", "{tmp}"], "not a prepared dataset"),
         (["predict", "{tmp}", "--images", "{images}", "--out", "{tmp}/p.csv"], "not a run directory"),
+        (["compare", "{tmp}", "{tmp}", "--data", "{tmp}"], "not a prepared dataset"),
+        (["ensemble", "{tmp}/nowhere", "--out", "{tmp}/e"], "no such run directory"),
+        (["ensemble", "--out", "{tmp}/e"], "missing required field(s) members"),
         (["train", "{tmp}", "--out", "{tmp}/run", "--epochs", "many"], None),
     ],
 )

@@ -9,10 +9,13 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from melanoma import __version__
 from melanoma.config import (
+    CompareConfig,
     DemoConfig,
+    EnsembleConfig,
     EvaluateConfig,
     PredictConfig,
     PrepareConfig,
@@ -63,9 +66,38 @@ def _evaluate(args: dict) -> None:
 
     metrics = evaluate(build_config(EvaluateConfig, args.pop("config", None), **args))
     print(
-        f"AUC {metrics['auc']:.4f} on {metrics['images']} images ({metrics['melanomas']} melanomas, "
-        f"{metrics['patients']} patients). Results: {metrics['out']}"
+        f"AUC {metrics['auc']:.4f}{_interval(metrics['auc_ci'])} on {metrics['images']} images "
+        f"({metrics['melanomas']} melanomas, {metrics['patients']} patients); "
+        f"pAUC above 80% sensitivity {metrics['partial_auc_above_80_tpr']:.4f}."
     )
+    print(f"Report: {Path(metrics['out']) / 'report.html'}")
+
+
+def _interval(interval: list[float] | None, signed: bool = False) -> str:
+    if interval is None:
+        return " (no CI)"
+    sign = "+" if signed else ""
+    return f" (95% CI {interval[0]:{sign}.4f} to {interval[1]:{sign}.4f}, patient bootstrap)"
+
+
+def _compare(args: dict) -> None:
+    from melanoma.evaluation.compare import compare
+
+    result = compare(build_config(CompareConfig, args.pop("config", None), **args))
+    print(f"A {result['run_a']}: AUC {result['auc_a']:.4f}{_interval(result['auc_a_ci'])}")
+    print(f"B {result['run_b']}: AUC {result['auc_b']:.4f}{_interval(result['auc_b_ci'])}")
+    print(
+        f"A - B: {result['auc_difference']:+.4f}{_interval(result['auc_difference_ci'], signed=True)}, paired, "
+        f"on {result['images']} images ({result['melanomas']} melanomas, {result['patients']} patients)."
+    )
+
+
+def _ensemble(args: dict) -> None:
+    from melanoma.inference.ensemble import create_ensemble
+
+    config = build_config(EnsembleConfig, args.pop("config", None), **args)
+    out = create_ensemble(config)
+    print(f"Ensemble of {len(config.members)} runs ({config.method}): {out}; use it wherever a RUN is accepted.")
 
 
 def _predict(args: dict) -> None:
@@ -86,7 +118,7 @@ def _demo(args: dict) -> None:
         f"on {metrics['images']} images ({metrics['melanomas']} melanomas)."
     )
     print("These numbers are from SYNTHETIC lesions: they show the pipeline works, not how well it detects melanoma.")
-    print(f"ROC curve, metrics and predictions: {metrics['out']}")
+    print(f"Report (metrics, plots) and predictions: {Path(metrics['out']) / 'report.html'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,18 +180,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU, long runs)")
     p.add_argument("--max-images", type=int, dest="max_images", help="train on at most this many images")
 
-    p = command("evaluate", _evaluate, "AUC, ROC curve and predictions of a run on a dataset split")
+    tta_help = "average over the first K of the 8 flips/transposes (default 1: off)"
+    p = command("evaluate", _evaluate, "metrics with confidence intervals, plots and report.html for a dataset split")
     p.add_argument("run", nargs="?", metavar="RUN")
     p.add_argument("--data", metavar="DATA")
     p.add_argument("--split", help="train, val, test, or all (an external dataset; default test)")
+    p.add_argument("--tta", type=int, metavar="K", help=tta_help)
+    p.add_argument("--n-bootstrap", type=int, dest="n_bootstrap", help="patient resamples for the CIs (default 2000)")
+    p.add_argument("--seed", type=int, help="bootstrap seed (default 0)")
     p.add_argument("--batch-size", type=int, dest="batch_size")
     p.add_argument("--num-workers", type=int, dest="num_workers")
+
+    p = command("compare", _compare, "AUC difference of two runs on the same images, with a paired patient bootstrap")
+    p.add_argument("run_a", nargs="?", metavar="RUN_A")
+    p.add_argument("run_b", nargs="?", metavar="RUN_B")
+    p.add_argument("--data", metavar="DATA")
+    p.add_argument("--split", help="train, val, test, or all (default test)")
+    p.add_argument("--tta", type=int, metavar="K", help=tta_help)
+    p.add_argument("--n-bootstrap", type=int, dest="n_bootstrap", help="patient resamples (default 2000)")
+    p.add_argument("--seed", type=int, help="bootstrap seed (default 0)")
+    p.add_argument("--out", metavar="JSON", help="also write the comparison here")
+    p.add_argument("--batch-size", type=int, dest="batch_size")
+    p.add_argument("--num-workers", type=int, dest="num_workers")
+
+    p = command("ensemble", _ensemble, "combine runs' scores into an ENSEMBLE dir usable wherever a RUN is")
+    p.add_argument("members", nargs="*", metavar="RUN")
+    p.add_argument("--out", metavar="ENSEMBLE")
+    p.add_argument("--method", help="mean (of probabilities; default) or rank (mean of ranks within the scored set)")
 
     p = command("predict", _predict, "melanoma probabilities for new images -> image_name,target CSV")
     p.add_argument("run", nargs="?", metavar="RUN")
     p.add_argument("--images", metavar="DIR_OR_ZIP")
     p.add_argument("--metadata", metavar="CSV", help="optional; without it metadata counts as missing")
     p.add_argument("--out", metavar="PREDICTIONS.csv")
+    p.add_argument("--tta", type=int, metavar="K", help=tta_help)
     p.add_argument("--batch-size", type=int, dest="batch_size")
     p.add_argument("--num-workers", type=int, dest="num_workers")
 

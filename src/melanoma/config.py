@@ -11,7 +11,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -82,11 +82,39 @@ class TrainConfig:
 
 @dataclass
 class EvaluateConfig:
-    run: Path
+    run: Path  # a trained run or an ensemble
     data: Path
     split: str = "test"  # a split name, or "all" for every row (an external test set)
+    tta: int = 1  # test-time augmentation: average over the first k of the 8 flips/transposes
+    n_bootstrap: int = 2000  # patient resamples for the confidence intervals (0: none)
+    seed: int = 0  # of the bootstrap
     batch_size: int = 32
     num_workers: int | None = None
+
+
+@dataclass
+class CompareConfig:
+    """Two runs (or ensembles) on the same images: the AUC difference with a paired patient-bootstrap interval."""
+
+    run_a: Path
+    run_b: Path
+    data: Path
+    split: str = "test"
+    tta: int = 1
+    n_bootstrap: int = 2000
+    seed: int = 0
+    out: Path | None = None  # also write the comparison as JSON here
+    batch_size: int = 32
+    num_workers: int | None = None
+
+
+@dataclass
+class EnsembleConfig:
+    """Member runs whose scores are combined: `mean` of probabilities, or `rank` (mean of within-set ranks)."""
+
+    members: list[Path]
+    out: Path
+    method: str = "mean"
 
 
 @dataclass
@@ -95,6 +123,7 @@ class PredictConfig:
     images: Path
     out: Path
     metadata: Path | None = None
+    tta: int = 1
     batch_size: int = 32
     num_workers: int | None = None
 
@@ -114,10 +143,13 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
         return None
     text = str(annotation)
     try:
+        if get_origin(annotation) is list:
+            items = value.split(",") if isinstance(value, str) else value
+            if not isinstance(items, list):
+                raise ValueError(value)
+            return [_coerce(item, get_args(annotation)[0], name) for item in items]
         if "Path" in text:
             return Path(value)
-        if text.startswith("list"):
-            return [int(v) for v in value] if not isinstance(value, str) else [int(v) for v in value.split(",")]
         if "bool" in text:
             if isinstance(value, str):
                 if value.lower() not in {"true", "false", "yes", "no", "1", "0"}:

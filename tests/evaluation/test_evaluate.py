@@ -1,4 +1,5 @@
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,32 +23,54 @@ def test_binary_metrics_match_scikit_learn() -> None:
     assert (metrics["images"], metrics["melanomas"]) == (200, int(targets.sum()))
 
 
-@pytest.mark.parametrize(
-    ("targets", "scores", "message"),
-    [
-        ([0, 0, 0], [0.1, 0.2, 0.3], "only non-melanoma images"),
-        ([1, 1], [0.1, 0.2], "only melanoma images"),
-        ([0, 1], [0.1, np.nan], "1 scores are NaN"),
-        ([], [], "no labelled images"),
-    ],
-)
-def test_degenerate_inputs_give_a_message_not_a_number(targets, scores, message) -> None:
-    with pytest.raises(MelanomaError, match=message):
-        binary_metrics(np.array(targets), np.array(scores))
-
-
-def test_evaluate_writes_metrics_predictions_and_roc(trained_run: Path, split_data: Path, tmp_path: Path) -> None:
-    metrics = evaluate(EvaluateConfig(run=trained_run, data=split_data, split="test", num_workers=0))
+def test_evaluate_writes_metrics_predictions_plots_and_report(trained_run: Path, split_data: Path) -> None:
+    metrics = evaluate(EvaluateConfig(run=trained_run, data=split_data, split="test", num_workers=0, seed=3))
     out = Path(metrics["out"])
-    assert out.parent == trained_run / "eval"
+    assert out == trained_run / "eval" / "data-test"
     saved = json.loads((out / "metrics.json").read_text())
     predictions = pd.read_csv(out / "predictions.csv")
     manifest = pd.read_csv(split_data / "manifest.csv")
-    assert set(predictions["image_name"]) == set(manifest.loc[manifest["split"] == "test", "image_name"])
+    test = manifest[manifest["split"] == "test"]
+    assert set(predictions["image_name"]) == set(test["image_name"])
     assert saved["auc"] == pytest.approx(roc_auc_score(predictions["target"], predictions["probability"]))
     assert predictions["probability"].between(0, 1).all()
-    with Image.open(out / "roc.png") as image:
-        assert image.format == "PNG" and image.size[0] > 100
+    low, high = saved["auc_ci"]
+    assert low <= saved["auc"] <= high
+    assert (saved["n_bootstrap"], saved["bootstrap_seed"], saved["tta"], saved["scores"]) == (2000, 3, 1, "probability")
+    assert (saved["patients"], saved["melanomas"]) == (test["patient_id"].nunique(), test["target"].sum())
+    assert 0 <= saved["partial_auc_above_80_tpr"] <= 0.2
+    assert set(saved["operating_points"]) == {
+        "sensitivity_at_90_specificity",
+        "sensitivity_at_95_specificity",
+        "specificity_at_90_sensitivity",
+        "specificity_at_95_sensitivity",
+    }
+    assert set(saved["subgroups"]) == {"site", "sex", "age"}
+    assert sum(g["images"] for g in saved["subgroups"]["sex"]) == len(test)
+    for name in ("roc", "precision_recall", "calibration", "score_histograms"):
+        with Image.open(out / f"{name}.png") as image:
+            assert image.format == "PNG" and image.size[0] > 100
+    report = (out / "report.html").read_text()
+    assert report.count('src="data:image/png;base64,') == 4
+    assert "http" not in report.replace("http-equiv", "")  # self-contained: nothing to fetch
+    assert f"{saved['auc']:.3f}" in report and "Subgroups" in report and "oversample: 5.0" in report
+
+
+def test_report_escapes_what_it_shows(trained_run: Path, split_data: Path, tmp_path: Path) -> None:
+    data = split_data.rename(tmp_path / "<b>data")
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    config = run / "config.yaml"
+    config.write_text(config.read_text() + "# <script>alert(1)</script>\n")
+    metrics = evaluate(EvaluateConfig(run=run, data=data, num_workers=0, n_bootstrap=50))
+    report = (Path(metrics["out"]) / "report.html").read_text()
+    assert "<script>" not in report and "&lt;script&gt;" in report
+    assert "<b>data" not in report and "&lt;b&gt;data" in report
+
+
+def test_tta_results_go_to_their_own_folder(trained_run: Path, split_data: Path) -> None:
+    metrics = evaluate(EvaluateConfig(run=trained_run, data=split_data, num_workers=0, tta=8, n_bootstrap=0))
+    assert Path(metrics["out"]).name == "data-test-tta8"
+    assert (metrics["tta"], metrics["auc_ci"]) == (8, None)
 
 
 def test_split_all_scores_every_labelled_row(trained_run: Path, split_data: Path) -> None:

@@ -1,4 +1,7 @@
-"""RUN dir -> melanoma probabilities, for prepared datasets and for raw images (folder or zip)."""
+"""RUN dir -> melanoma probabilities, for prepared datasets and for raw images (folder or zip).
+
+`load_predictor` accepts a trained run or an ensemble of runs; both score with optional test-time augmentation.
+"""
 
 from __future__ import annotations
 
@@ -19,21 +22,43 @@ from melanoma.data.dataset import LesionDataset, default_num_workers, prepared_d
 from melanoma.data.images import ImageSource, load_image
 from melanoma.data.metadata import CANONICAL_COLUMNS, read_metadata
 from melanoma.errors import MelanomaError
+from melanoma.inference.ensemble import combine_scores, read_ensemble
 from melanoma.models import FusionClassifier
-from melanoma.rundir import WEIGHTS, RunConfig
+from melanoma.rundir import CONFIG, WEIGHTS, RunConfig
+
+DIHEDRAL = 8  # the flips and quarter turns of a square: lesions have no canonical orientation
+
+
+def dihedral(images: torch.Tensor, index: int) -> torch.Tensor:
+    """The `index`-th of the 8 flips/transposes of a square (..., H, W) batch: 0 is the identity, 1-3 flip
+    horizontally, vertically and both (a half turn), 4-7 do the same after a transpose (the quarter turns and the
+    diagonal mirrors), so the first 2 or 4 are the cheap flips."""
+    if index >= 4:
+        images = images.transpose(-1, -2)
+    flips = ((), (-1,), (-2,), (-2, -1))[index % 4]
+    return torch.flip(images, flips) if flips else images
 
 
 class Predictor:
-    """A trained model with the exact preprocessing and metadata encoding it was trained with."""
+    """A trained model with the exact preprocessing and metadata encoding it was trained with.
 
-    def __init__(self, config: RunConfig, model: FusionClassifier, device: torch.device) -> None:
+    With `tta` > 1 each image is also scored flipped/transposed (the first `tta` of the 8 dihedral transforms)
+    and the probabilities are averaged; with 8 the score no longer depends on the image's orientation.
+    """
+
+    scores_are_probabilities = True
+
+    def __init__(self, config: RunConfig, model: FusionClassifier, device: torch.device, tta: int = 1) -> None:
+        if not 1 <= tta <= DIHEDRAL:
+            raise MelanomaError(f"--tta {tta}: expected 1 (off) to {DIHEDRAL} (all flips and transposes)")
+        self.tta = tta
         self.config = config
         self.model = model.to(device).eval()
         self.device = device
         self.transform = config.preprocessing.transforms(train=False)
 
     @classmethod
-    def from_run(cls, run_dir: Path, device: str | None = None) -> Predictor:
+    def from_run(cls, run_dir: Path, device: str | None = None, tta: int = 1) -> Predictor:
         config = RunConfig.load(run_dir)
         path = Path(run_dir) / WEIGHTS
         if not path.is_file():
@@ -49,7 +74,11 @@ class Predictor:
                 f"{path}: weights do not match the model in config.yaml "
                 f"(missing: {len(missing)}, unexpected: {len(unexpected)}, e.g. {(missing or unexpected)[0]})"
             )
-        return cls(config, model, torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+        return cls(config, model, torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")), tta)
+
+    @property
+    def prepared_size(self) -> int:
+        return self.config.preprocessing.prepared_size
 
     def features(self, frame: pd.DataFrame) -> np.ndarray:
         """Metadata features for `frame`; zero columns when the model does not use metadata."""
@@ -64,8 +93,11 @@ class Predictor:
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)
         scores = []
         for images, metadata, _ in tqdm(loader, desc="predict", unit="batch", disable=None, leave=False):
-            logits = self.model(images.to(self.device), metadata.to(self.device))
-            scores.append(torch.sigmoid(logits.float()).cpu().numpy())
+            images, metadata = images.to(self.device), metadata.to(self.device)
+            probabilities = [
+                torch.sigmoid(self.model(dihedral(images, index), metadata).float()) for index in range(self.tta)
+            ]
+            scores.append(torch.stack(probabilities).mean(dim=0).cpu().numpy())
         return np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32)
 
     def predict_prepared(
@@ -85,13 +117,56 @@ class Predictor:
         return self.predict_dataset(dataset, **loader)
 
 
+class EnsemblePredictor:
+    """Member runs combined per image (see ensemble.combine_scores), with the Predictor's scoring methods so that
+    evaluate, compare and predict use an ENSEMBLE dir unchanged."""
+
+    def __init__(self, members: list[Predictor], method: str) -> None:
+        self.members = members
+        self.method = method
+        self.scores_are_probabilities = method == "mean"
+
+    @property
+    def prepared_size(self) -> int:
+        return self.members[0].prepared_size
+
+    def predict_prepared(
+        self, data_dir: Path, rows: pd.DataFrame, all_rows: pd.DataFrame, **loader: int | None
+    ) -> np.ndarray:
+        scores = [member.predict_prepared(data_dir, rows, all_rows, **loader) for member in self.members]
+        return combine_scores(scores, self.method)
+
+    def predict_raw(
+        self, source: ImageSource, frame: pd.DataFrame, members: list[str], **loader: int | None
+    ) -> np.ndarray:
+        return combine_scores(
+            [member.predict_raw(source, frame, members, **loader) for member in self.members], self.method
+        )
+
+
+def load_predictor(run_dir: Path, tta: int = 1, device: str | None = None) -> Predictor | EnsemblePredictor:
+    """The scorer for a RUN dir: its trained model, or for an ENSEMBLE dir its members' models combined."""
+    spec = read_ensemble(Path(run_dir))
+    if spec is None:
+        return Predictor.from_run(run_dir, device, tta)
+    members = []
+    for member in spec.members:
+        try:
+            members.append(Predictor.from_run(member, device, tta))
+        except MelanomaError as exc:
+            raise MelanomaError(f"{Path(run_dir) / CONFIG}: ensemble member {exc}") from None
+    return EnsemblePredictor(members, spec.method)
+
+
 def _load_member(source: ImageSource, size: int, member: str) -> Image.Image:
     return load_image(source.read_bytes(member), size)
 
 
 def predict(config: PredictConfig) -> pd.DataFrame:
     """The `predict` command: a folder or zip of raw images -> image_name,target CSV (Kaggle layout)."""
-    predictor = Predictor.from_run(config.run)
+    predictor = load_predictor(config.run, tta=config.tta)
+    if not predictor.scores_are_probabilities:
+        print("warning: a rank ensemble's scores are ranks among these images, not probabilities")
     source = ImageSource(Path(config.images))
     found, problems = source.index()
     if not found:
@@ -117,7 +192,7 @@ def predict(config: PredictConfig) -> pd.DataFrame:
     result = pd.DataFrame({"image_name": names, "target": scores})
     for name in result.loc[result["target"].isna(), "image_name"]:
         try:
-            load_image(source.read_bytes(found[name]), predictor.config.preprocessing.prepared_size)
+            load_image(source.read_bytes(found[name]), predictor.prepared_size)
         except ValueError as exc:
             print(f"warning: {config.images}/{found[name]}: {exc}; no prediction")
     atomic_write_text(Path(config.out), result.to_csv(index=False))
