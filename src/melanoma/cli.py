@@ -15,6 +15,7 @@ from melanoma import __version__
 from melanoma.config import (
     CompareConfig,
     DemoConfig,
+    DownloadConfig,
     EnsembleConfig,
     EvaluateConfig,
     PredictConfig,
@@ -26,6 +27,18 @@ from melanoma.config import (
 from melanoma.errors import MelanomaError
 
 S = argparse.SUPPRESS
+
+
+def _download(args: dict) -> None:
+    from melanoma.data.download import download
+
+    result = download(build_config(DownloadConfig, args.pop("config", None), **args))
+    width = max((len(name) for name, _ in result.files), default=0)
+    for name, status in result.files:
+        print(f"  {name:<{width}}  {status}")
+    print(f"Everything is in {result.out}. Next:")
+    for step in result.next_steps:
+        print(f"  {step}")
 
 
 def _prepare(args: dict) -> None:
@@ -132,9 +145,32 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--config", metavar="YAML", help="settings file; flags given here override it")
         return sub
 
+    p = command("download", _download, "fetch the ISIC 2020/2019 challenge files or an ISIC Archive subset (resumable)")
+    p.add_argument(
+        "dataset",
+        nargs="?",
+        metavar="DATASET",
+        help="isic2020 or isic2019 (official challenge files), or archive (ISIC Archive subset)",
+    )
+    p.add_argument("--out", metavar="RAW", help="download folder (created); run again to resume or complete it")
+    p.add_argument("--part", choices=["train", "test", "all"], help="challenge files: train (default), test or all")
+    p.add_argument("--format", dest="image_format", choices=["jpeg", "dicom"], help="isic2020 images (default jpeg)")
+    p.add_argument("--collection", metavar="ID", help="archive: collection id(s), comma-separated (70 = ISIC 2020)")
+    p.add_argument("--search", metavar="QUERY", help="archive: search, e.g. 'diagnosis_3:\"Melanoma Invasive\"'")
+    p.add_argument("--limit", type=int, metavar="N", help="archive: at most N images")
+    p.add_argument(
+        "--base-url", dest="base_url", metavar="URL", help="challenge files mirror (or $MELANOMA_ISIC_BASE_URL)"
+    )
+    p.add_argument("--api-url", dest="api_url", metavar="URL", help="ISIC Archive API (or $MELANOMA_ISIC_API_URL)")
+    p.add_argument("--retries", type=int, help="retries of a request that brought no new bytes (default 5)")
+    p.add_argument("--timeout", type=float, help="seconds without data before a request fails (default 60)")
+    p.add_argument("--workers", type=int, help="archive: parallel image downloads (default 4)")
+
     p = command("prepare", _prepare, "raw images + metadata CSV -> prepared dataset directory")
-    p.add_argument("--images", metavar="DIR_OR_ZIP", help="folder (searched recursively) or zip of JPEG/PNG images")
-    p.add_argument("--metadata", metavar="CSV", help="ISIC 2020 / Kaggle / ISIC Archive / HAM10000 metadata CSV")
+    p.add_argument("--images", metavar="DIR_OR_ZIP", help="folder (searched recursively) or zip of JPEG/PNG/DICOM")
+    p.add_argument(
+        "--metadata", metavar="CSV", help="ISIC 2020 / Kaggle / ISIC Archive / HAM10000 CSV; optional for DICOM"
+    )
     p.add_argument("--out", metavar="DATA", help="dataset directory (created, or extended)")
     p.add_argument("--size", type=int, help="centre-crop and resize to this many pixels (default 512)")
     p.add_argument("--workers", type=int, help="parallel processes (default: one per CPU core)")

@@ -25,12 +25,30 @@ class PrepareConfig:
     """Decode raw images once, centre-crop and resize them, and write a dataset directory."""
 
     images: Path
-    metadata: Path
     out: Path
+    metadata: Path | None = None  # None: only for DICOM images, whose tags carry the metadata (target unknown)
     size: int = 512
     workers: int | None = None  # None: one per CPU core
     duplicates: Path | None = None  # the official ISIC 2020 duplicates CSV; drops the second image of each pair
     source: str | None = None  # the rows' `source` value; default: the images folder or zip name
+
+
+@dataclass
+class DownloadConfig:
+    """Fetch the official ISIC challenge files, or an ISIC Archive subset, into one folder; re-run to resume."""
+
+    dataset: str  # isic2020, isic2019 (the official challenge files) or archive (ISIC Archive API)
+    out: Path
+    part: str = "train"  # challenge files: train, test or all
+    image_format: str = "jpeg"  # isic2020 images: jpeg, or dicom (the corrected DICOM release)
+    collection: str | None = None  # archive: collection id(s), comma-separated (70 = ISIC 2020 training)
+    search: str | None = None  # archive: ISIC search query, e.g. 'diagnosis_3:"Melanoma Invasive"'
+    limit: int | None = None  # archive: at most this many images
+    base_url: str | None = None  # challenge host; None: $MELANOMA_ISIC_BASE_URL, else the official buckets
+    api_url: str | None = None  # ISIC Archive API; None: $MELANOMA_ISIC_API_URL, else api.isic-archive.com
+    retries: int = 5  # retries of a request that brought no new bytes (one that did resets the count)
+    timeout: float = 60.0  # seconds without an answer or data before a request counts as failed
+    workers: int = 4  # archive: images downloaded in parallel
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Reading raw images from a folder or a zip (read in place), and the one decode path used everywhere.
 
 `load_image` is shared by `prepare` (raw -> cached JPEG) and `predict` (raw -> model input), so a new image
-is preprocessed exactly like the training images were.
+is preprocessed exactly like the training images were. JPEG, PNG and DICOM (data/dicom.py) are told apart by
+content, not by file name.
 """
 
 from __future__ import annotations
@@ -10,13 +11,15 @@ import io
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from melanoma.data.dicom import DICOM_EXTENSIONS, dicom_to_image, is_dicom
 from melanoma.errors import MelanomaError
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png"}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", *DICOM_EXTENSIONS}
 
 
 @dataclass
@@ -67,6 +70,12 @@ class ImageSource:
             return self._open_zip().read(member)
         return (self.root / member).read_bytes()
 
+    def open(self, member: str) -> BinaryIO:
+        """A binary stream of one member, for reading a header without loading the whole file."""
+        if self.is_zip:
+            return self._open_zip().open(member)
+        return (self.root / member).open("rb")
+
     def _open_zip(self) -> zipfile.ZipFile:
         """Opened lazily, once per process: a worker process gets its own handle."""
         if self._zip is None:
@@ -85,21 +94,27 @@ def load_image(data: bytes, size: int) -> Image.Image:
 
     JPEGs are decoded at a reduced DCT scale (Pillow's draft mode) that never goes below `size`, which makes
     6000x4000 originals ~5x faster to read at equal quality. Smaller images are cropped but not upscaled.
+    DICOM files are recognised by content and decoded by pydicom (data/dicom.py), then cropped the same way.
     Raises ValueError with a short reason when the bytes are not a readable image.
     """
     if not data:
         raise ValueError("empty file")
+    image = _to_rgb(dicom_to_image(data)) if is_dicom(data) else _decode_with_pillow(data, size)
+    side = min(size, *image.size)
+    return ImageOps.fit(image, (side, side), method=Image.Resampling.LANCZOS)
+
+
+def _decode_with_pillow(data: bytes, size: int) -> Image.Image:
+    """JPEG or PNG (any format Pillow reads) as RGB, upright, decoded at the smallest DCT scale >= `size`."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.draft("RGB", (size, size))
             image = ImageOps.exif_transpose(image)
-            image = _to_rgb(image)
+            return _to_rgb(image)
     except UnidentifiedImageError:
         raise ValueError("not a JPEG or PNG image") from None
     except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ValueError(f"cannot decode ({exc})") from None
-    side = min(size, *image.size)
-    return ImageOps.fit(image, (side, side), method=Image.Resampling.LANCZOS)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -3,16 +3,19 @@
 Supported layouts (detected from the column names, case-insensitively):
 - ISIC 2020 challenge ground truth / Kaggle ``train.csv`` and ``test.csv``
   (``image_name, patient_id, sex, age_approx, anatom_site_general_challenge, target``),
+- the ISIC 2020 test metadata (``image, patient, sex, age_approx, anatom_site_general``),
 - ISIC Archive export (``isic_id, patient_id, lesion_id, sex, age_approx, anatom_site_general, diagnosis...``),
 - the original HAM10000 table (``image_id, lesion_id, dx, age, sex, localization``).
 
 Values that cannot be read (an unknown site, a non-numeric age) become missing and are reported with their
-CSV line number; only a missing image-name column or an unreadable file is fatal.
+CSV line number; only a missing image-name column or an unreadable file is fatal. DICOM files carry the same
+fields in their tags (data/dicom.py), which go through the same normalisation.
 """
 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +30,7 @@ CANONICAL_COLUMNS = ["image_name", "patient_id", "sex", "age_approx", "site", "t
 
 COLUMN_ALIASES = {
     "image_name": ("image_name", "isic_id", "image_id", "image"),
-    "patient_id": ("patient_id",),
+    "patient_id": ("patient_id", "patient"),
     "lesion_id": ("lesion_id",),
     "sex": ("sex",),
     "age_approx": ("age_approx", "age"),
@@ -107,29 +110,35 @@ def _line(index: int) -> int:
 def read_metadata(path: Path, source: str | None = None) -> MetadataTable:
     """Read `path` into the canonical columns; `source` fills the `source` column where the CSV has none."""
     path = Path(path)
-    raw = read_csv_text(path)
+    return normalise_metadata(read_csv_text(path), str(path), source or path.stem, lambda i: f"{path}:{_line(i)}")
+
+
+def normalise_metadata(raw: pd.DataFrame, origin: str, source: str, where: Callable[[int], str]) -> MetadataTable:
+    """Map a table of strings in any supported layout onto the canonical columns.
+
+    Shared by the CSV reader and the DICOM-tag reader so both accept and report values the same way;
+    `where(row index)` names a row in problem lines (a CSV line, or a DICOM file).
+    """
     name_col = _find_column(raw, "image_name")
     if name_col is None:
         expected = ", ".join(COLUMN_ALIASES["image_name"])
         close = difflib.get_close_matches("image_name", list(raw.columns), n=1, cutoff=0.6)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise MelanomaError(f"{path}: no image-name column; expected one of: {expected}{hint}")
+        raise MelanomaError(f"{origin}: no image-name column; expected one of: {expected}{hint}")
 
     if raw.empty:
-        raise MelanomaError(f"{path}: has a header but no rows")
+        raise MelanomaError(f"{origin}: has a header but no rows")
     problems: list[str] = []
     out = pd.DataFrame(index=raw.index)
     out["image_name"] = raw[name_col].str.strip()
     bad_names = out["image_name"].map(_bad_name).astype(bool)
     for index in out.index[bad_names]:
-        problems.append(f"{path}:{_line(index)}: image name {out.at[index, 'image_name']!r} is not a usable file name")
+        problems.append(f"{where(index)}: image name {out.at[index, 'image_name']!r} is not a usable file name")
     out = out.loc[~bad_names]
 
     duplicated = out["image_name"].duplicated()
     for index in out.index[duplicated]:
-        problems.append(
-            f"{path}:{_line(index)}: image name {out.at[index, 'image_name']} appears twice; kept the first"
-        )
+        problems.append(f"{where(index)}: image name {out.at[index, 'image_name']} appears twice; kept the first")
     out = out[~duplicated]
     raw = raw.loc[out.index]
 
@@ -137,13 +146,12 @@ def read_metadata(path: Path, source: str | None = None) -> MetadataTable:
     lesion = _column_or_empty(raw, "lesion_id")
     out["patient_id"] = patient.where(patient != "", lesion).where(lambda s: s != "", out["image_name"])
 
-    out["sex"] = _read_vocabulary(raw, "sex", _SEX_SYNONYMS, path, problems)
-    out["age_approx"] = _read_age(raw, path, problems)
-    out["site"] = _read_vocabulary(raw, "site", _SITE_SYNONYMS, path, problems)
-    out["target"] = _read_target(raw, path, problems)
+    out["sex"] = _read_vocabulary(raw, "sex", _SEX_SYNONYMS, where, problems)
+    out["age_approx"] = _read_age(raw, where, problems)
+    out["site"] = _read_vocabulary(raw, "site", _SITE_SYNONYMS, where, problems)
+    out["target"] = _read_target(raw, where, problems)
     source_values = _column_or_empty(raw, "source")
-    default_source = source or path.stem
-    out["source"] = source_values.where(source_values != "", default_source)
+    out["source"] = source_values.where(source_values != "", source)
     return MetadataTable(out[CANONICAL_COLUMNS].reset_index(drop=True), problems)
 
 
@@ -159,7 +167,7 @@ def _column_or_empty(raw: pd.DataFrame, canonical: str) -> pd.Series:
 
 
 def _read_vocabulary(
-    raw: pd.DataFrame, canonical: str, synonyms: dict[str, str], path: Path, problems: list[str]
+    raw: pd.DataFrame, canonical: str, synonyms: dict[str, str], where: Callable[[int], str], problems: list[str]
 ) -> pd.Series:
     column = _find_column(raw, canonical)
     values = pd.Series(None, index=raw.index, dtype=object)
@@ -171,26 +179,26 @@ def _read_vocabulary(
             continue
         mapped = synonyms.get(key) or synonyms.get(str(text).strip().lower())
         if mapped is None:
-            problems.append(f"{path}:{_line(index)}: unknown {column} value {text!r}; treated as missing")
+            problems.append(f"{where(index)}: unknown {column} value {text!r}; treated as missing")
         values.at[index] = mapped
     return values
 
 
-def _read_age(raw: pd.DataFrame, path: Path, problems: list[str]) -> pd.Series:
+def _read_age(raw: pd.DataFrame, where: Callable[[int], str], problems: list[str]) -> pd.Series:
     column = _find_column(raw, "age_approx")
     if column is None:
         return pd.Series(np.nan, index=raw.index, dtype=float)
     text = raw[column].str.strip()
     ages = pd.to_numeric(text, errors="coerce")
     for index in ages.index[ages.isna() & ~text.str.lower().isin(_MISSING_WORDS)]:
-        problems.append(f"{path}:{_line(index)}: {column} {text[index]!r} is not a number; treated as missing")
+        problems.append(f"{where(index)}: {column} {text[index]!r} is not a number; treated as missing")
     implausible = (ages < 0) | (ages > 120)
     for index in ages.index[implausible]:
-        problems.append(f"{path}:{_line(index)}: {column} {text[index]!r} is outside 0-120; treated as missing")
+        problems.append(f"{where(index)}: {column} {text[index]!r} is outside 0-120; treated as missing")
     return ages.mask(implausible).astype(float)
 
 
-def _read_target(raw: pd.DataFrame, path: Path, problems: list[str]) -> pd.Series:
+def _read_target(raw: pd.DataFrame, where: Callable[[int], str], problems: list[str]) -> pd.Series:
     """1 = melanoma, 0 = not, NaN = unknown (e.g. a test set)."""
     column = _find_column(raw, "target")
     if column is not None:
@@ -198,9 +206,7 @@ def _read_target(raw: pd.DataFrame, path: Path, problems: list[str]) -> pd.Serie
         mapping = {"1": 1.0, "1.0": 1.0, "true": 1.0, "0": 0.0, "0.0": 0.0, "false": 0.0}
         target = text.map(mapping)
         for index in target.index[target.isna() & ~text.isin(_MISSING_WORDS)]:
-            problems.append(
-                f"{path}:{_line(index)}: {column} {raw.at[index, column]!r} is not 0 or 1; treated as unknown"
-            )
+            problems.append(f"{where(index)}: {column} {raw.at[index, column]!r} is not 0 or 1; treated as unknown")
         return target.astype(float)
     column = _find_column(raw, "diagnosis")
     if column is not None:

@@ -1,5 +1,7 @@
 """raw images + metadata CSV -> DATASET dir (`manifest.csv`, `images/`, `dataset.json`).
 
+DICOM images may come without a CSV: their tags give the patient id, sex, age and site (target unknown).
+
 Each image is decoded once, centre-cropped and resized, and cached as a JPEG, so training never touches the
 23 GB originals again. The prepared image file is written atomically and is itself the record that the work
 is done: a killed run, re-run, skips it. Several sources can be prepared into one dataset.
@@ -21,8 +23,9 @@ from tqdm import tqdm
 
 from melanoma import __version__
 from melanoma.config import PrepareConfig, atomic_write_text
+from melanoma.data.dicom import DICOM_EXTENSIONS, metadata_from_dicom
 from melanoma.data.images import ImageSource, load_image
-from melanoma.data.metadata import CANONICAL_COLUMNS, read_duplicates, read_metadata
+from melanoma.data.metadata import CANONICAL_COLUMNS, MetadataTable, read_duplicates, read_metadata
 from melanoma.errors import MelanomaError
 
 MANIFEST = "manifest.csv"
@@ -92,7 +95,14 @@ def prepare(config: PrepareConfig) -> PrepareResult:
     info = _check_out_dir(out, config.size)
     source = ImageSource(Path(config.images))
     source_name = config.source or source.name
-    table = read_metadata(Path(config.metadata), source=source_name)
+    if config.metadata is not None:
+        table = read_metadata(Path(config.metadata), source=source_name)
+    found, index_problems = source.index()
+    if not found:
+        raise MelanomaError(f"{config.images}: no JPEG or PNG images found (nor DICOM .dcm files)")
+    if config.metadata is None:
+        table = _metadata_from_dicom_tags(source, found, source_name)
+    metadata_name = config.metadata or f"the DICOM tags in {config.images}"
     result = PrepareResult(out=out, problems=list(table.problems), total_rows=len(table.frame))
     rows = table.frame
     if config.duplicates is not None:
@@ -101,19 +111,16 @@ def prepare(config: PrepareConfig) -> PrepareResult:
         print(f"Dropping {int((~keep).sum())} duplicate images listed in {config.duplicates}")
         rows = rows[keep]
 
-    found, index_problems = source.index()
     result.problems += index_problems
-    if not found:
-        raise MelanomaError(f"{config.images}: no JPEG or PNG images found")
     has_image = rows["image_name"].isin(found)
     result.problems += [
-        f"{config.metadata}: {name}: no image named {name} in {config.images}"
+        f"{metadata_name}: {name}: no image named {name} in {config.images}"
         for name in rows.loc[~has_image, "image_name"]
     ]
     rows = rows[has_image]
     listed = set(table.frame["image_name"])
     result.problems += [
-        f"{config.images}/{found[name]}: no row for {name} in {config.metadata}" for name in found if name not in listed
+        f"{config.images}/{found[name]}: no row for {name} in {metadata_name}" for name in found if name not in listed
     ]
 
     out.joinpath(IMAGES_DIR).mkdir(parents=True, exist_ok=True)
@@ -147,7 +154,7 @@ def prepare(config: PrepareConfig) -> PrepareResult:
         {
             "source": source_name,
             "images": str(config.images),
-            "metadata": str(config.metadata),
+            "metadata": str(config.metadata) if config.metadata is not None else "DICOM tags",
             "rows": result.total_rows,
             "prepared": result.prepared,
             "problems": len(result.problems),
@@ -157,6 +164,17 @@ def prepare(config: PrepareConfig) -> PrepareResult:
     )
     atomic_write_text(out / DATASET_INFO, json.dumps(info, indent=2))
     return result
+
+
+def _metadata_from_dicom_tags(source: ImageSource, found: dict[str, str], source_name: str) -> MetadataTable:
+    """Without a metadata CSV, DICOM images describe themselves; JPEG and PNG images cannot."""
+    not_dicom = [member for member in found.values() if Path(member).suffix.lower() not in DICOM_EXTENSIONS]
+    if not_dicom:
+        raise MelanomaError(
+            f"{source.root}: --metadata CSV is required: {len(not_dicom)} images (e.g. {not_dicom[0]}) are not "
+            "DICOM files, which alone carry their own patient metadata"
+        )
+    return metadata_from_dicom(source, found, source_name)
 
 
 def _check_out_dir(out: Path, size: int) -> dict:
