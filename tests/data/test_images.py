@@ -110,3 +110,19 @@ def test_zip_source_reads_members_in_place(tmp_path: Path) -> None:
     assert found == {"ISIC_1": "train/ISIC_1.jpg"}
     assert load_image(source.read_bytes(found["ISIC_1"]), 16).size == (16, 16)
     assert source.name == "ISIC_2020_Training_JPEG"
+
+
+def test_tiny_images_are_prepared() -> None:
+    assert load_image(encode(Image.new("RGB", (1, 1), (200, 50, 50)), "PNG"), 64).size == (1, 1)
+
+
+def test_isic_sized_originals_are_allowed() -> None:
+    assert load_image(encode(Image.new("RGB", (6000, 4000), (180, 120, 90))), 512).size == (512, 512)
+
+
+def test_decompression_bombs_are_refused_with_a_clear_reason(monkeypatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # stands in for Pillow's ~89-megapixel limit
+    with pytest.raises(ValueError, match="refused as a possible decompression bomb"):
+        load_image(encode(Image.new("RGB", (150, 100))), 64)  # over the limit: Pillow would only warn
+    with pytest.raises(ValueError, match="refused as a possible decompression bomb"):
+        load_image(encode(Image.new("RGB", (300, 300)), "PNG"), 64)  # over twice the limit: Pillow's own error

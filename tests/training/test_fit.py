@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 
@@ -127,3 +128,12 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(split_data: Path, tm
     logged = pd.read_csv(run / "metrics.csv")
     assert sorted(logged["epoch"].dropna().unique().astype(int)) == [0, 1, 2]
     assert (run / "model.safetensors").exists()
+
+
+def test_the_same_seed_and_data_give_bit_identical_weights_on_cpu(split_data: Path, tmp_path: Path) -> None:
+    first = train(tiny_train_config(split_data, tmp_path / "a", epochs=1))
+    second = train(tiny_train_config(split_data, tmp_path / "b", epochs=1))
+    third = train(tiny_train_config(split_data, tmp_path / "c", epochs=1, seed=1))
+    a, b, c = (load_file(run / "model.safetensors") for run in (first, second, third))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)

@@ -8,6 +8,7 @@ content, not by file name.
 from __future__ import annotations
 
 import io
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,13 +108,17 @@ def load_image(data: bytes, size: int) -> Image.Image:
 def _decode_with_pillow(data: bytes, size: int) -> Image.Image:
     """JPEG or PNG (any format Pillow reads) as RGB, upright, decoded at the smallest DCT scale >= `size`."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.draft("RGB", (size, size))
-            image = ImageOps.exif_transpose(image)
-            return _to_rgb(image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # refuse, rather than warn and decode
+            with Image.open(io.BytesIO(data)) as image:
+                image.draft("RGB", (size, size))
+                image = ImageOps.exif_transpose(image)
+                return _to_rgb(image)
     except UnidentifiedImageError:
         raise ValueError("not a JPEG or PNG image") from None
-    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ValueError(f"refused as a possible decompression bomb: {exc}") from None
+    except (OSError, SyntaxError) as exc:
         raise ValueError(f"cannot decode ({exc})") from None
 
 

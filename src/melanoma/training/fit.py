@@ -128,7 +128,7 @@ def train(config: TrainConfig) -> Path:
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated.*")
         try:
-            trainer.fit(module, datamodule=data, ckpt_path=resume)
+            trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)  # no pickled code runs
         except SystemExit:
             if trainer.interrupted:  # Lightning turns Ctrl+C into exit(1); the last epoch's checkpoint remains
                 raise KeyboardInterrupt from None
