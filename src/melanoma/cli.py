@@ -74,6 +74,31 @@ def _train(args: dict) -> None:
     print(f"Run directory: {run}")
 
 
+def _tune(args: dict) -> None:
+    from melanoma.training.tune import build_tune_configs, tune
+
+    if args.pop("no_metadata", False):
+        args["use_metadata"] = False
+    config, base = build_tune_configs(args.pop("config", None), args)
+    result = tune(config, base)
+    print(
+        f"\nStudy {result.study}: {result.complete} complete, {result.pruned} pruned, {result.failed} failed trials "
+        f"({result.ran} finished in this run). Best first:"
+    )
+    print(result.table)
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.best is not None:
+        best = result.best
+        print(
+            f"Best: trial {best['number']}, val AUC {best['value']:.4f} at epoch {best['best_epoch']} "
+            f"({result.out / best['run_dir']}). Trials: {result.out / 'trials.csv'}"
+        )
+        print(f"Final fit on train+val: melanoma train {config.data} --config {result.best_yaml} --final --out RUN")
+    if result.plots:
+        print(f"Plots: {', '.join(str(p) for p in result.plots)}")
+
+
 def _evaluate(args: dict) -> None:
     from melanoma.evaluation.evaluate import evaluate
 
@@ -215,6 +240,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU, long runs)")
     p.add_argument("--max-images", type=int, dest="max_images", help="train on at most this many images")
+
+    p = command("tune", _tune, "search training settings with Optuna on the val split -> TUNE dir (best.yaml)")
+    p.add_argument("data", nargs="?", metavar="DATA")
+    p.add_argument("--out", metavar="TUNE", help="tune directory (created); run again to resume the study")
+    p.add_argument("--trials", type=int, help="finished trials in total, over every run and worker (default 50)")
+    p.add_argument("--timeout", help="stop starting new trials after this long: 8h, 90m, 45s (default: none)")
+    p.add_argument("--storage", metavar="URL", help="database shared by several workers (default: TUNE/study.db)")
+    p.add_argument("--study", metavar="NAME", help="study name in the storage (default: the TUNE dir's name)")
+    p.add_argument("--search-space", dest="search_space", metavar="YAML", help="parameter ranges (see README)")
+    p.add_argument("--no-pruning", action="store_false", dest="pruning", help="train every trial to the end")
+    p.add_argument("--startup-trials", type=int, dest="startup_trials", help="trials before pruning (default 5)")
+    p.add_argument(
+        "--prune-warmup-epochs", type=int, dest="prune_warmup_epochs", help="epochs before a trial may be pruned"
+    )
+    p.add_argument("--sampler-seed", type=int, dest="sampler_seed", help="seed of the TPE sampler (default 0)")
+    p.add_argument("--heartbeat", type=int, metavar="SECONDS", help="a trial silent for twice this is retried")
+    p.add_argument("--model", help="basic-cnn (default) or any timm model name")
+    p.add_argument("--pretrained", action="store_true", help="start from ImageNet weights")
+    p.add_argument("--weights", metavar="FILE", help="local backbone state dict (.safetensors or .pth)")
+    p.add_argument("--epochs", type=int, help="epochs per trial; the best validation epoch is recorded (default 11)")
+    p.add_argument("--batch-size", type=int, dest="batch_size")
+    p.add_argument("--image-size", type=int, dest="image_size")
+    p.add_argument("--no-metadata", action="store_true", dest="no_metadata", help="image network only")
+    p.add_argument("--max-images", type=int, dest="max_images", help="train each trial on at most this many images")
+    p.add_argument("--seed", type=int, help="training seed of every trial (default 0)")
+    p.add_argument("--num-workers", type=int, dest="num_workers")
+    p.add_argument("--accelerator", help="auto, cpu, gpu (default auto)")
+    p.add_argument("--devices", help="one device per trial: auto, 1, or one index like 0,")
+    p.add_argument("--precision", help="32-true, 16-mixed, bf16-mixed (default: bf16-mixed on GPU, else 32-true)")
 
     tta_help = "average over the first K of the 8 flips/transposes (default 1: off)"
     p = command("evaluate", _evaluate, "metrics with confidence intervals, plots and report.html for a dataset split")

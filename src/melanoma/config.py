@@ -99,6 +99,27 @@ class TrainConfig:
 
 
 @dataclass
+class TuneConfig:
+    """Optuna search of training settings on the val split; the study lives in a database, so a tune resumes.
+
+    The base training settings (model, epochs per trial, image size, ...) are a TrainConfig beside this one.
+    """
+
+    data: Path
+    out: Path
+    trials: int = 50  # finished (complete or pruned) trials in total, over every run and every worker
+    timeout: str | None = None  # stop starting new trials after this long: 8h, 90m, 45s or seconds
+    storage: str | None = None  # database URL shared by several workers; None: sqlite in TUNE/study.db
+    study: str | None = None  # study name in the storage; None: the TUNE dir's name
+    search_space: Path | None = None  # YAML of parameter ranges; each key replaces a default (null: not searched)
+    pruning: bool = True  # stop trials below the median of earlier trials at the same epoch
+    startup_trials: int = 5  # trials that finish before the pruner acts
+    prune_warmup_epochs: int = 1  # epochs every trial trains before it may be pruned
+    sampler_seed: int = 0  # of the TPE sampler; a resumed tune continues with seed + trials so far
+    heartbeat: int = 60  # seconds; a trial whose worker is silent for twice this is failed and retried
+
+
+@dataclass
 class EvaluateConfig:
     run: Path  # a trained run or an ensemble
     data: Path
@@ -207,16 +228,22 @@ def build_config(cls: type[C], yaml_path: Path | None = None, **overrides: Any) 
     return cls(**coerced)
 
 
-def read_yaml_section(path: Path, cls: type) -> dict[str, Any]:
-    """Read a config file; a run's config.yaml keeps the command's settings under e.g. `train:`."""
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """A YAML file that must hold a mapping, with one-line errors for a missing file or bad YAML."""
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
     except FileNotFoundError:
         raise MelanomaError(f"{path}: config file not found") from None
     except yaml.YAMLError as exc:
         raise MelanomaError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(loaded, dict):
         raise MelanomaError(f"{path}: expected a mapping of field: value")
+    return loaded
+
+
+def read_yaml_section(path: Path, cls: type) -> dict[str, Any]:
+    """Read a config file; a run's config.yaml keeps the command's settings under e.g. `train:`."""
+    loaded = read_yaml_mapping(path)
     section = cls.__name__.removesuffix("Config").lower()
     if isinstance(loaded.get(section), dict):
         return dict(loaded[section])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from safetensors.torch import save_file
 
@@ -33,7 +34,8 @@ from melanoma.training.module import LesionClassifierModule
 RESUMABLE_DIFFERENCES = {"out", "num_workers", "accelerator", "devices", "num_nodes", "strategy", "compile"}
 
 
-def train(config: TrainConfig) -> Path:
+def train(config: TrainConfig, callbacks: Sequence[Callback] = ()) -> Path:
+    """Train into `config.out`; `callbacks` join the Lightning loop (`tune` passes its pruning callback)."""
     config = resolve(config)
     run = Path(config.out)
     manifest = read_manifest(config.data)
@@ -113,7 +115,7 @@ def train(config: TrainConfig) -> Path:
         accumulate_grad_batches=config.accumulate_grad_batches,
         # one log folder per attempt (logs/version_N), flushed every step so that a kill loses nothing
         logger=CSVLogger(run, name="logs", flush_logs_every_n_steps=1),
-        callbacks=[checkpoint],
+        callbacks=[checkpoint, *callbacks],
         default_root_dir=run,
         log_every_n_steps=max(1, min(50, len(train_rows) // config.batch_size)),
         num_sanity_val_steps=0,
