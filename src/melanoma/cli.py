@@ -14,6 +14,7 @@ from pathlib import Path
 from melanoma import __version__
 from melanoma.config import (
     CompareConfig,
+    ContextConfig,
     DemoConfig,
     DownloadConfig,
     EnsembleConfig,
@@ -108,7 +109,36 @@ def _evaluate(args: dict) -> None:
         f"({metrics['melanomas']} melanomas, {metrics['patients']} patients); "
         f"pAUC above 80% sensitivity {metrics['partial_auc_above_80_tpr']:.4f}."
     )
+    if context := metrics.get("context"):
+        print(
+            f"Image-only AUC {context['image_auc']:.4f}{_interval(context['image_auc_ci'])} on the same images; "
+            f"context - image-only: {context['auc_difference']:+.4f}"
+            f"{_interval(context['auc_difference_ci'], signed=True)}, paired."
+        )
+        if context["in_sample"]:
+            print("warning: the context stage was fitted on these images; its numbers here are optimistic")
     print(f"Report: {Path(metrics['out']) / 'report.html'}")
+
+
+def _context_fit(args: dict) -> None:
+    from melanoma.context.fit import fit_context
+
+    args.pop("context_command", None)
+    if "oof_folds" in args and "fit_on" not in args:
+        args["fit_on"] = "oof"
+    result = fit_context(build_config(ContextConfig, args.pop("config", None), **args))
+    print(
+        f"Context stage ({result['stage']}) fitted on {result['images']} {'+'.join(result['splits'])} images "
+        f"({result['melanomas']} melanomas, {result['patients']} patients) with out-of-sample image scores "
+        f"({'the val split' if result['fit_on'] == 'val' else 'out-of-fold'}); {result['single_image_patients']} "
+        "images of single-image patients use the image score."
+    )
+    if result["weights"]["context"] == 0:
+        print(
+            "warning: the context model's held-out scores added nothing over the image score on these rows, so it "
+            "got weight 0: the context run ranks images as the image run does"
+        )
+    print(f"Context run: {result['out']}. Next: melanoma evaluate {result['out']} --data DATA --split test")
 
 
 def _interval(interval: list[float] | None, signed: bool = False) -> str:
@@ -304,6 +334,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metadata", metavar="CSV", help="optional; without it metadata counts as missing")
     p.add_argument("--out", metavar="PREDICTIONS.csv")
     p.add_argument("--tta", type=int, metavar="K", help=tta_help)
+    p.add_argument("--batch-size", type=int, dest="batch_size")
+    p.add_argument("--num-workers", type=int, dest="num_workers")
+
+    context = commands.add_parser(
+        "context",
+        help="patient context: judge each lesion against the same patient's other lesions",
+        description="patient context: judge each lesion against the same patient's other lesions",
+    )
+    actions = context.add_subparsers(dest="context_command", required=True, metavar="ACTION")
+    p = actions.add_parser(
+        "fit",
+        help="second stage on an image run's scores and embeddings -> CONTEXT_RUN (usable wherever a RUN is)",
+        description="second stage on an image run's scores and embeddings -> CONTEXT_RUN (usable wherever a RUN is)",
+        argument_default=S,
+    )
+    p.set_defaults(handler=_context_fit)
+    p.add_argument("--config", metavar="YAML", help="settings file; flags given here override it")
+    p.add_argument("run", nargs="?", metavar="RUN", help="a trained image run")
+    p.add_argument("--data", metavar="DATA")
+    p.add_argument("--out", metavar="CONTEXT_RUN")
+    p.add_argument("--stage", help="hgb (gradient-boosted trees; default) or logistic (the simple baseline)")
+    p.add_argument(
+        "--fit-on",
+        dest="fit_on",
+        help="val (default: the run's val split; not for --final runs) or oof (out-of-fold scores of its train rows)",
+    )
+    p.add_argument(
+        "--oof-folds", type=int, dest="oof_folds", help="patient-grouped folds for oof (default 5; implies oof)"
+    )
+    p.add_argument("--seed", type=int, help="of the folds and the stage (default 0)")
     p.add_argument("--batch-size", type=int, dest="batch_size")
     p.add_argument("--num-workers", type=int, dest="num_workers")
 

@@ -168,6 +168,22 @@ class PredictConfig:
 
 
 @dataclass
+class ContextConfig:
+    """A second stage on top of an image run: each image's score and embedding judged against the same patient's
+    other images, fitted only on scores of images the image model was not trained on."""
+
+    run: Path  # the image run (a trained RUN dir, not an ensemble)
+    data: Path
+    out: Path  # the CONTEXT_RUN dir
+    stage: str = "hgb"  # hgb (HistGradientBoostingClassifier) or logistic (the simple baseline)
+    fit_on: str = "val"  # val: the run's val split (a non-final run); oof: out-of-fold scores of its training rows
+    oof_folds: int = 5  # fit_on oof: patient-grouped folds, one image model trained per fold
+    seed: int = 0  # of the folds and the stage
+    batch_size: int = 32
+    num_workers: int | None = None
+
+
+@dataclass
 class DemoConfig:
     out: Path = Path("demo")
     n_patients: int = 150

@@ -1,7 +1,9 @@
 """The `evaluate` command: RUN + DATASET split -> metrics with confidence intervals, plots and report.html.
 
 Everything goes to RUN/eval/<dataset>-<split>[-tta<k>]/: metrics.json, predictions.csv, roc.png,
-precision_recall.png, calibration.png, score_histograms.png and report.html.
+precision_recall.png, calibration.png, score_histograms.png and report.html. A CONTEXT_RUN also reports its image
+run's AUC on the same images and the paired patient-bootstrap CI of (context - image-only): metrics.json `context`,
+predictions.csv `image_probability`, a section of the report.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score
 
 from melanoma.config import EvaluateConfig, atomic_write_text
+from melanoma.context.predictor import ContextPredictor
 from melanoma.data.prepare import read_manifest
 from melanoma.data.split import SPLITS
 from melanoma.errors import MelanomaError
@@ -20,6 +24,10 @@ from melanoma.evaluation.metrics import (
     auc_confidence_interval,
     binary_metrics,
     calibration,
+    check_scorable,
+    partial_auc_above_tpr,
+    percentile_interval,
+    resampled_aucs,
     roc_band,
     subgroup_aucs,
 )
@@ -55,9 +63,12 @@ def evaluate(config: EvaluateConfig) -> dict:
     check_bootstrap(config.n_bootstrap)
     rows, manifest = select_rows(Path(config.data), config.split)
     predictor = load_predictor(config.run, tta=config.tta)
-    scores = predictor.predict_prepared(
-        Path(config.data), rows, manifest, batch_size=config.batch_size, num_workers=config.num_workers
-    )
+    loader = {"batch_size": config.batch_size, "num_workers": config.num_workers}
+    image_scores = None
+    if isinstance(predictor, ContextPredictor):
+        scores, image_scores = predictor.predict_prepared_both(Path(config.data), rows, manifest, **loader)
+    else:
+        scores = predictor.predict_prepared(Path(config.data), rows, manifest, **loader)
     targets = rows["target"].to_numpy(dtype=float)
     groups = rows["patient_id"].to_numpy()
     probabilities = predictor.scores_are_probabilities
@@ -77,17 +88,45 @@ def evaluate(config: EvaluateConfig) -> dict:
         "data": str(Path(config.data).resolve()),
         "run": str(Path(config.run).resolve()),
     }
+    if image_scores is not None:
+        metrics["context"] = context_comparison(targets, scores, image_scores, groups, config.n_bootstrap, config.seed)
+        metrics["context"] |= {
+            "image_run": str(predictor.spec.image_run),
+            "stage": predictor.spec.stage,
+            "fit_on": predictor.spec.fit_on,
+            "in_sample": predictor.fitted_on(Path(config.data), config.split),
+        }
 
     suffix = f"-tta{config.tta}" if config.tta > 1 else ""
     out = Path(config.run) / EVAL / f"{Path(config.data).resolve().name}-{config.split}{suffix}"
     out.mkdir(parents=True, exist_ok=True)
     predictions = rows[["image_name", "patient_id", "target"]].astype({"target": int}).assign(probability=scores)
+    if image_scores is not None:
+        predictions["image_probability"] = image_scores
     atomic_write_text(out / "predictions.csv", predictions.to_csv(index=False))
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     plots = _plot(targets, scores, groups, metrics, config, out)
     write_report(out / "report.html", metrics, plots, (Path(config.run) / CONFIG).read_text())
     metrics["out"] = str(out)
     return metrics
+
+
+def context_comparison(
+    targets: np.ndarray, context: np.ndarray, image: np.ndarray, groups: np.ndarray, n_bootstrap: int, seed: int
+) -> dict:
+    """The image-only AUC on the same images and the context - image-only difference with a paired interval: both
+    scores on the same patient resamples (compare's paired bootstrap, and the draws of the context AUC's own CI)."""
+    check_scorable(targets, image, "image-only scores")
+    image_auc = float(roc_auc_score(targets, image))
+    resampled = resampled_aucs(targets, np.stack([context, image]), groups, n_bootstrap, seed)
+    return {
+        "image_auc": image_auc,
+        "image_auc_ci": percentile_interval(resampled[:, 1]),
+        "image_partial_auc_above_80_tpr": partial_auc_above_tpr(targets, image),
+        "auc_difference": float(roc_auc_score(targets, context)) - image_auc,
+        "auc_difference_ci": percentile_interval(resampled[:, 0] - resampled[:, 1]),
+        "bootstrap_unit": "patient (paired)",
+    }
 
 
 def _plot(

@@ -170,6 +170,7 @@ def render_report(metrics: dict, plots: list[tuple[Path, str, str]], run_config:
             ["Generated", _e(f"{datetime.datetime.now().isoformat(timespec='seconds')} by melanoma {__version__}")],
         ],
     )
+    context = _context_section(m, level) if m.get("context") else ""
     title = f"Melanoma classifier evaluation: {Path(m['run']).name} on {Path(m['data']).name} ({m['split']})"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>
@@ -179,6 +180,7 @@ def render_report(metrics: dict, plots: list[tuple[Path, str, str]], run_config:
 <p class="lead">Melanoma (1) against every other diagnosis (0), one score per image.</p>
 <p class="headline">{headline}</p>
 {rank_note}
+{context}
 <h2>Dataset</h2>
 {dataset}
 <h2>Metrics</h2>
@@ -199,6 +201,37 @@ non-melanoma images. Groups with few melanomas give wide intervals: read the int
 <pre>{_e(run_config)}</pre>
 </body></html>
 """
+
+
+def _context_section(m: dict, level: int) -> str:
+    """A context run: its AUC beside the image run's on the same images, and the paired difference."""
+    c = m["context"]
+    signed = "n/a" if c["auc_difference_ci"] is None else "{:+.3f} to {:+.3f}".format(*c["auc_difference_ci"])
+    table = _table(
+        ["Scores", "ROC AUC", f"{level}% CI"],
+        [
+            [
+                _e(f"Context ({c['stage']} stage, fitted on {c['fit_on']})"),
+                f"{m['auc']:.3f}",
+                _e(_ci(m["auc_ci"])),
+            ],
+            [f"Image only (<code>{_e(c['image_run'])}</code>)", f"{c['image_auc']:.3f}", _e(_ci(c["image_auc_ci"]))],
+            ["Context − image only", f"{c['auc_difference']:+.3f}", _e(signed)],
+        ],
+        numeric={1, 2},
+    )
+    warning = (
+        '<p class="note"><b>These images were used to fit the context stage: its numbers here are optimistic.</b></p>'
+        if c["in_sample"]
+        else ""
+    )
+    return (
+        "<h2>Patient context</h2>"
+        + table
+        + "<p class=\"note\">Each image is judged against the same patient's other images. The difference's interval "
+        "comes from the same patient resamples for both scores (paired), so it is narrower than comparing the two "
+        "intervals.</p>" + warning
+    )
 
 
 def write_report(path: Path, metrics: dict, plots: list[tuple[Path, str, str]], run_config: str) -> None:

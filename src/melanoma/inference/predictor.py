@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from melanoma.config import PredictConfig, atomic_write_text
+from melanoma.context.spec import read_context
 from melanoma.data.dataset import LesionDataset, default_num_workers, prepared_dataset
 from melanoma.data.images import ImageSource, load_image
 from melanoma.data.metadata import CANONICAL_COLUMNS, read_metadata
@@ -25,6 +27,9 @@ from melanoma.errors import MelanomaError
 from melanoma.inference.ensemble import combine_scores, read_ensemble
 from melanoma.models import FusionClassifier
 from melanoma.rundir import CONFIG, WEIGHTS, RunConfig
+
+if TYPE_CHECKING:
+    from melanoma.context.predictor import ContextPredictor
 
 DIHEDRAL = 8  # the flips and quarter turns of a square: lesions have no canonical orientation
 
@@ -116,6 +121,51 @@ class Predictor:
         dataset = LesionDataset(members, self.features(frame), targets, self.transform, load, unreadable_as_nan=True)
         return self.predict_dataset(dataset, **loader)
 
+    @torch.inference_mode()
+    def embed_dataset(
+        self, dataset: Dataset, batch_size: int = 32, num_workers: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, pooled image embeddings) for every item, in order, from one forward pass per batch.
+
+        The embedding is the image network's output (the fused model's image branch, `num_features` wide), caught
+        with a forward hook so that the score comes from the model's own forward; with TTA both are averaged.
+        """
+        workers = default_num_workers() if num_workers is None else num_workers
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)
+        caught: list[torch.Tensor] = []
+        hook = self.model.image_net.register_forward_hook(lambda _module, _inputs, output: caught.append(output))
+        scores, embeddings = [], []
+        try:
+            for images, metadata, _ in tqdm(loader, desc="embed", unit="batch", disable=None, leave=False):
+                images, metadata = images.to(self.device), metadata.to(self.device)
+                caught.clear()
+                probabilities = [
+                    torch.sigmoid(self.model(dihedral(images, index), metadata).float()) for index in range(self.tta)
+                ]
+                scores.append(torch.stack(probabilities).mean(dim=0).cpu().numpy())
+                embeddings.append(torch.stack([e.float() for e in caught]).mean(dim=0).cpu().numpy())
+        finally:
+            hook.remove()
+        if not scores:
+            return np.zeros(0, dtype=np.float32), np.zeros((0, self.model.image_net.num_features), dtype=np.float32)
+        return np.concatenate(scores), np.concatenate(embeddings)
+
+    def embed_prepared(
+        self, data_dir: Path, rows: pd.DataFrame, all_rows: pd.DataFrame, **loader: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, embeddings) for `rows` of a prepared dataset, like predict_prepared."""
+        features = self.features(all_rows)[all_rows.index.get_indexer(rows.index)]
+        return self.embed_dataset(prepared_dataset(data_dir, rows, features, self.transform), **loader)
+
+    def embed_raw(
+        self, source: ImageSource, frame: pd.DataFrame, members: list[str], **loader: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, embeddings) for raw images, like predict_raw (an unreadable image gives NaN in both)."""
+        load = partial(_load_member, source, self.config.preprocessing.prepared_size)
+        targets = np.full(len(frame), np.nan, dtype=np.float32)
+        dataset = LesionDataset(members, self.features(frame), targets, self.transform, load, unreadable_as_nan=True)
+        return self.embed_dataset(dataset, **loader)
+
 
 class EnsemblePredictor:
     """Member runs combined per image (see ensemble.combine_scores), with the Predictor's scoring methods so that
@@ -144,8 +194,15 @@ class EnsemblePredictor:
         )
 
 
-def load_predictor(run_dir: Path, tta: int = 1, device: str | None = None) -> Predictor | EnsemblePredictor:
-    """The scorer for a RUN dir: its trained model, or for an ENSEMBLE dir its members' models combined."""
+def load_predictor(
+    run_dir: Path, tta: int = 1, device: str | None = None
+) -> Predictor | EnsemblePredictor | ContextPredictor:
+    """The scorer for a RUN dir: its trained model, for an ENSEMBLE dir its members' models combined, and for a
+    CONTEXT_RUN dir its image run's scores judged within each patient by the second stage."""
+    if read_context(Path(run_dir)) is not None:
+        from melanoma.context.predictor import ContextPredictor
+
+        return ContextPredictor.from_dir(Path(run_dir), tta=tta, device=device)
     spec = read_ensemble(Path(run_dir))
     if spec is None:
         return Predictor.from_run(run_dir, device, tta)
