@@ -19,8 +19,11 @@ from melanoma.config import (
     DownloadConfig,
     EnsembleConfig,
     EvaluateConfig,
+    ExplainConfig,
+    ExportConfig,
     PredictConfig,
     PrepareConfig,
+    ServeConfig,
     SplitConfig,
     TrainConfig,
     build_config,
@@ -174,6 +177,32 @@ def _predict(args: dict) -> None:
     config = build_config(PredictConfig, args.pop("config", None), **args)
     result = predict(config)
     print(f"Wrote {len(result)} predictions to {config.out}")
+
+
+def _explain(args: dict) -> None:
+    from melanoma.inference.explain import explain
+
+    config = build_config(ExplainConfig, args.pop("config", None), **args)
+    scores = explain(config)
+    made = int((scores["heatmap"] != "").sum())
+    print(f"Wrote {made} heatmap overlays and scores.csv ({len(scores)} images) to {config.out}")
+
+
+def _export(args: dict) -> None:
+    from melanoma.inference.export import export
+
+    result = export(build_config(ExportConfig, args.pop("config", None), **args))
+    print(
+        f"Exported {result.onnx} (dynamic batch axis) and its sidecar {result.sidecar}; ONNX Runtime vs PyTorch on "
+        f"random inputs: max abs difference {result.max_abs_difference:.1e} (probability), "
+        f"{result.max_abs_difference_logit:.1e} (logit)."
+    )
+
+
+def _serve(args: dict) -> None:
+    from melanoma.app.server import serve
+
+    serve(build_config(ServeConfig, args.pop("config", None), **args))
 
 
 def _demo(args: dict) -> None:
@@ -336,6 +365,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", type=int, metavar="K", help=tta_help)
     p.add_argument("--batch-size", type=int, dest="batch_size")
     p.add_argument("--num-workers", type=int, dest="num_workers")
+    p.add_argument("--engine", choices=["torch", "onnx"], help="torch (default) or onnx: the exported model")
+    p.add_argument("--onnx-model", dest="onnx_model", metavar="FILE", help="engine onnx: default RUN/model.onnx")
+
+    p = command("explain", _explain, "Grad-CAM heatmap overlays (PNG) and scores for images, metadata held fixed")
+    p.add_argument("run", nargs="?", metavar="RUN")
+    p.add_argument("--images", nargs="+", metavar="DIR_OR_FILE", help="folders, zips or JPEG/PNG files")
+    p.add_argument("--metadata", metavar="CSV", help="optional; without it metadata counts as missing")
+    p.add_argument("--out", metavar="DIR", help="OUT/<image_name>.png and OUT/scores.csv")
+    p.add_argument(
+        "--target-layer", dest="target_layer", metavar="NAME", help="image-network module (default: automatic)"
+    )
+
+    p = command("export", _export, "RUN -> model.onnx (dynamic batch) + JSON sidecar, checked against PyTorch")
+    p.add_argument("run", nargs="?", metavar="RUN")
+    p.add_argument("--format", choices=["onnx"], help="onnx (default)")
+    p.add_argument("--out", metavar="MODEL.onnx", help="default RUN/model.onnx; the sidecar goes beside it as .json")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--tolerance", type=float, help="max accepted probability difference from PyTorch (1e-4)")
+
+    p = command("serve", _serve, "web page + JSON API for single lesions (research use, loopback by default)")
+    p.add_argument("run", nargs="?", metavar="RUN")
+    p.add_argument("--host", help="default 127.0.0.1 (this machine only)")
+    p.add_argument("--port", type=int, help="default 8000")
+    p.add_argument("--max-upload-mb", type=float, dest="max_upload_mb", help="larger uploads get 413 (default 20)")
 
     context = commands.add_parser(
         "context",

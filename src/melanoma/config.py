@@ -165,6 +165,40 @@ class PredictConfig:
     tta: int = 1
     batch_size: int = 32
     num_workers: int | None = None
+    engine: str = "torch"  # torch, or onnx: the exported model through ONNX Runtime, same preprocessing
+    onnx_model: Path | None = None  # engine onnx: the exported file; None: RUN/model.onnx
+
+
+@dataclass
+class ExplainConfig:
+    """Grad-CAM heatmaps over the network's view of each image, with the metadata held fixed, plus the scores."""
+
+    run: Path
+    images: list[Path]  # folders, zips or single image files
+    out: Path
+    metadata: Path | None = None
+    target_layer: str | None = None  # a module of the image network, e.g. layer4; None: found automatically
+
+
+@dataclass
+class ExportConfig:
+    """A deployable model file plus a JSON sidecar that says how to preprocess and encode metadata for it."""
+
+    run: Path
+    out: Path | None = None  # None: RUN/model.onnx; the sidecar is written beside it as .json
+    format: str = "onnx"
+    opset: int | None = None  # None: the exporter's default
+    tolerance: float = 1e-4  # largest accepted difference from PyTorch on the check inputs (probabilities)
+
+
+@dataclass
+class ServeConfig:
+    """A web page and JSON API for single lesions; loopback only unless the host is changed on purpose."""
+
+    run: Path
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_upload_mb: float = 20.0  # larger uploads are refused with 413
 
 
 @dataclass
@@ -287,6 +321,20 @@ def atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Like atomic_write_text, for binary outputs such as PNG heatmaps."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,6 +1,8 @@
 """RUN dir -> melanoma probabilities, for prepared datasets and for raw images (folder or zip).
 
 `load_predictor` accepts a trained run or an ensemble of runs; both score with optional test-time augmentation.
+With engine "onnx" the exported model (inference/export.py) runs through ONNX Runtime behind the same Predictor,
+so decoding, transforms and metadata encoding are shared by both engines rather than written twice.
 """
 
 from __future__ import annotations
@@ -25,13 +27,13 @@ from melanoma.data.images import ImageSource, load_image
 from melanoma.data.metadata import CANONICAL_COLUMNS, read_metadata
 from melanoma.errors import MelanomaError
 from melanoma.inference.ensemble import combine_scores, read_ensemble
-from melanoma.models import FusionClassifier
 from melanoma.rundir import CONFIG, WEIGHTS, RunConfig
 
 if TYPE_CHECKING:
     from melanoma.context.predictor import ContextPredictor
 
 DIHEDRAL = 8  # the flips and quarter turns of a square: lesions have no canonical orientation
+ENGINES = ("torch", "onnx")
 
 
 def dihedral(images: torch.Tensor, index: int) -> torch.Tensor:
@@ -53,7 +55,7 @@ class Predictor:
 
     scores_are_probabilities = True
 
-    def __init__(self, config: RunConfig, model: FusionClassifier, device: torch.device, tta: int = 1) -> None:
+    def __init__(self, config: RunConfig, model: torch.nn.Module, device: torch.device, tta: int = 1) -> None:
         if not 1 <= tta <= DIHEDRAL:
             raise MelanomaError(f"--tta {tta}: expected 1 (off) to {DIHEDRAL} (all flips and transposes)")
         self.tta = tta
@@ -63,8 +65,21 @@ class Predictor:
         self.transform = config.preprocessing.transforms(train=False)
 
     @classmethod
-    def from_run(cls, run_dir: Path, device: str | None = None, tta: int = 1) -> Predictor:
+    def from_run(
+        cls,
+        run_dir: Path,
+        device: str | None = None,
+        tta: int = 1,
+        engine: str = "torch",
+        onnx_model: Path | None = None,
+    ) -> Predictor:
+        if engine not in ENGINES:
+            raise MelanomaError(f"--engine {engine}: expected {' or '.join(ENGINES)}")
         config = RunConfig.load(run_dir)
+        if engine == "onnx":
+            from melanoma.inference.export import load_onnx_model
+
+            return cls(config, load_onnx_model(run_dir, config, onnx_model), torch.device("cpu"), tta)
         path = Path(run_dir) / WEIGHTS
         if not path.is_file():
             raise MelanomaError(f"{run_dir}: no {WEIGHTS}; the run has not finished (rerun `melanoma train` to resume)")
@@ -195,21 +210,28 @@ class EnsemblePredictor:
 
 
 def load_predictor(
-    run_dir: Path, tta: int = 1, device: str | None = None
+    run_dir: Path, tta: int = 1, device: str | None = None, engine: str = "torch", onnx_model: Path | None = None
 ) -> Predictor | EnsemblePredictor | ContextPredictor:
     """The scorer for a RUN dir: its trained model, for an ENSEMBLE dir its members' models combined, and for a
-    CONTEXT_RUN dir its image run's scores judged within each patient by the second stage."""
+    CONTEXT_RUN dir its image run's scores judged within each patient by the second stage.
+
+    With engine "onnx" an ensemble uses each member's own RUN/model.onnx, so `onnx_model` names one run's file.
+    """
     if read_context(Path(run_dir)) is not None:
+        if engine != "torch":
+            raise MelanomaError(f"{run_dir}: a context run scores with PyTorch only; leave out --engine")
         from melanoma.context.predictor import ContextPredictor
 
         return ContextPredictor.from_dir(Path(run_dir), tta=tta, device=device)
     spec = read_ensemble(Path(run_dir))
     if spec is None:
-        return Predictor.from_run(run_dir, device, tta)
+        return Predictor.from_run(run_dir, device, tta, engine, onnx_model)
+    if onnx_model is not None:
+        raise MelanomaError(f"{run_dir}: an ensemble uses each member's RUN/model.onnx; leave out --onnx-model")
     members = []
     for member in spec.members:
         try:
-            members.append(Predictor.from_run(member, device, tta))
+            members.append(Predictor.from_run(member, device, tta, engine))
         except MelanomaError as exc:
             raise MelanomaError(f"{Path(run_dir) / CONFIG}: ensemble member {exc}") from None
     return EnsemblePredictor(members, spec.method)
@@ -219,9 +241,30 @@ def _load_member(source: ImageSource, size: int, member: str) -> Image.Image:
     return load_image(source.read_bytes(member), size)
 
 
+def raw_frame(names: list[str], metadata: Path | None) -> tuple[pd.DataFrame, list[str]]:
+    """The canonical metadata rows for new images (missing values where `metadata` has no row), plus problems.
+
+    An image without a patient id counts as its own patient, as in `prepare`.
+    """
+    frame = pd.DataFrame({"image_name": names})
+    problems: list[str] = []
+    if metadata is not None:
+        table = read_metadata(Path(metadata))
+        problems += table.problems
+        frame = frame.merge(table.frame, on="image_name", how="left")
+        without = frame["patient_id"].isna()
+        if without.any():
+            problems.append(f"{metadata}: no row for {int(without.sum())} images; predicted without metadata")
+    for column in CANONICAL_COLUMNS:
+        if column not in frame:
+            frame[column] = None
+    frame["patient_id"] = frame["patient_id"].fillna(frame["image_name"])
+    return frame, problems
+
+
 def predict(config: PredictConfig) -> pd.DataFrame:
     """The `predict` command: a folder or zip of raw images -> image_name,target CSV (Kaggle layout)."""
-    predictor = load_predictor(config.run, tta=config.tta)
+    predictor = load_predictor(config.run, tta=config.tta, engine=config.engine, onnx_model=config.onnx_model)
     if not predictor.scores_are_probabilities:
         print("warning: a rank ensemble's scores are ranks among these images, not probabilities")
     source = ImageSource(Path(config.images))
@@ -229,18 +272,8 @@ def predict(config: PredictConfig) -> pd.DataFrame:
     if not found:
         raise MelanomaError(f"{config.images}: no JPEG or PNG images found")
     names = sorted(found)
-    frame = pd.DataFrame({"image_name": names})
-    if config.metadata is not None:
-        table = read_metadata(Path(config.metadata))
-        problems += table.problems
-        frame = frame.merge(table.frame, on="image_name", how="left")
-        without = frame["patient_id"].isna()
-        if without.any():
-            problems.append(f"{config.metadata}: no row for {int(without.sum())} images; predicted without metadata")
-    for column in CANONICAL_COLUMNS:
-        if column not in frame:
-            frame[column] = None
-    frame["patient_id"] = frame["patient_id"].fillna(frame["image_name"])
+    frame, metadata_problems = raw_frame(names, config.metadata)
+    problems += metadata_problems
     for problem in problems:
         print(f"warning: {problem}")
     scores = predictor.predict_raw(

@@ -1,0 +1,1 @@
+"""The web page and JSON API for single lesions (`melanoma serve`); server.py builds the FastAPI app."""
