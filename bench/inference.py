@@ -1,7 +1,7 @@
 """Inference images/s: PyTorch eager vs ONNX Runtime, the same model and inputs, measured in one run on this machine.
 
-    python bench/inference.py                                   # basic-cnn at 512, tf_efficientnet_lite0 at 224
-    python bench/inference.py --models resnest50d:224 --batches 1 16 --threads 4 --json out.json
+    python -m bench.inference                                   # basic-cnn at 512, tf_efficientnet_lite0 at 224
+    python -m bench.inference --models resnest50d:224 --batches 1 16 --threads 4 --json out.json
 
 Each model is built with the training defaults (metadata MLP included), exported with the same code as
 `melanoma export` (trace_onnx), and both engines score the same seeded random network-ready inputs: decoding and
@@ -15,31 +15,19 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench.common import median_seconds
 from melanoma.inference.export import Exportable, example_inputs, onnx_session, trace_onnx
 from melanoma.inference.predictor import Predictor
 from melanoma.models import create_model
 
 METADATA_FEATURES = 13  # the default MetadataEncoder's width
 TRAINING_DEFAULTS = dict(metadata_hidden=[32, 32], fused_width=64, dropout=0.3)
-
-
-def median_seconds(call: Callable[[], object], repeats: int) -> float:
-    call()  # warm-up: allocations, ONNX Runtime's first-run optimisation
-    timings = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        timings.append(time.perf_counter() - started)
-    return statistics.median(timings)
 
 
 def bench_model(
