@@ -134,7 +134,7 @@ def _context_fit(args: dict) -> None:
         f"Context stage ({result['stage']}) fitted on {result['images']} {'+'.join(result['splits'])} images "
         f"({result['melanomas']} melanomas, {result['patients']} patients) with out-of-sample image scores "
         f"({'the val split' if result['fit_on'] == 'val' else 'out-of-fold'}); {result['single_image_patients']} "
-        "images of single-image patients use the image score."
+        "single-image patients fall back to the image score."
     )
     if result["weights"]["context"] == 0:
         print(

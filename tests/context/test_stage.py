@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from safetensors.numpy import save_file
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
@@ -86,6 +87,13 @@ def test_hgb_stage_predicts_exactly_like_scikit_learn(tmp_path: Path) -> None:
     stage.save(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [STAGE_JSON, STAGE_TREES]  # no pickle anywhere
     assert np.array_equal(Stage.load(tmp_path).raw(test), stage.raw(test))
+    looping = dict(stage.trees, left=np.zeros_like(stage.trees["left"]))  # children pointing back to the root
+    save_file(looping, str(tmp_path / STAGE_TREES))
+    with pytest.raises(MelanomaError, match="not a valid set of trees"):
+        Stage.load(tmp_path)
+    (tmp_path / STAGE_JSON).write_text("{}")
+    with pytest.raises(MelanomaError, match="not a valid context stage"):
+        Stage.load(tmp_path)
 
 
 def test_logistic_stage_is_readable_json_that_predicts_like_the_pipeline(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from melanoma import __version__
 from melanoma.config import ContextConfig, atomic_write_text, to_plain, write_yaml
 from melanoma.context.features import FEATURES, context_features
 from melanoma.context.spec import CONFIG, FIT_ON, FIT_ROWS, FOLDS, read_context
-from melanoma.context.stage import STAGE_JSON, STAGE_TREES, STAGES, fit_stage
+from melanoma.context.stage import STAGES, fit_stage
 from melanoma.data.prepare import DATASET_INFO, IMAGES_DIR, read_manifest, write_manifest
 from melanoma.errors import MelanomaError
 from melanoma.inference.ensemble import read_ensemble
@@ -38,7 +38,6 @@ from melanoma.rundir import WEIGHTS, RunConfig, library_versions
 
 # Settings that may differ when a CONTEXT_RUN is fitted again without changing what it holds.
 REFIT_DIFFERENCES = {"out", "batch_size", "num_workers"}
-OWN_FILES = {CONFIG, STAGE_JSON, STAGE_TREES, FIT_ROWS, FOLDS, "eval"}
 FALLBACK = (
     "patients with one image and images without a patient id: the image score, recalibrated by a monotone "
     "logistic map fitted on the same rows (same order as the image score)"
@@ -48,9 +47,9 @@ FALLBACK = (
 def fit_context(config: ContextConfig) -> dict:
     """Fit the stage and write CONTEXT_RUN; returns what was fitted (counts, in-sample AUCs, `out`)."""
     _check_settings(config)
-    run = Path(config.run).resolve()
+    config = replace(config, run=Path(config.run).resolve(), data=Path(config.data).resolve())  # as saved
+    run, data, out = config.run, config.data, Path(config.out)
     image_config = _image_run(run)
-    data, out = Path(config.data), Path(config.out)
     manifest = read_manifest(data)
     _check_out(out, run, config)
     loader = {"batch_size": config.batch_size, "num_workers": config.num_workers}
@@ -92,7 +91,7 @@ def fit_context(config: ContextConfig) -> dict:
                 "fit_on": config.fit_on,
                 "oof_folds": config.oof_folds if config.fit_on == "oof" else None,
                 "features": list(FEATURES),
-                "fitted_on": {"data": str(data.resolve()), "splits": splits},
+                "fitted_on": {"data": str(data), "splits": splits},
                 "fallback": FALLBACK,
                 "fold_runs": folds,
             },
@@ -187,7 +186,7 @@ def _score_out_of_fold(
     scored_by = [""] * len(rows)
     for fold in range(config.oof_folds):
         held_out = folds == fold
-        fold_dir = Path(config.out) / FOLDS / str(fold)
+        fold_dir = Path(config.out).resolve() / FOLDS / str(fold)
         fold_data = _fold_dataset(data, manifest, rows.index[held_out], fold_dir / "data")
         print(f"context fit: fold {fold + 1}/{config.oof_folds}, an image model without {held_out.sum()} images")
         fold_run = train(replace(image_config.train, data=fold_data, out=fold_dir / "run")).resolve()

@@ -125,8 +125,8 @@ class Stage:
                 stage.trees = load_file(str(trees_path))
             except (SafetensorError, OSError) as exc:
                 raise MelanomaError(f"{trees_path}: cannot read the stage's trees ({exc})") from None
-            if sorted(stage.trees) != sorted(TREE_ARRAYS):
-                raise MelanomaError(f"{trees_path}: expected arrays {', '.join(TREE_ARRAYS)}")
+            if sorted(stage.trees) != sorted(TREE_ARRAYS) or not _trees_are_sound(stage.trees, len(stage.features)):
+                raise MelanomaError(f"{trees_path}: not a valid set of trees (arrays {', '.join(TREE_ARRAYS)})")
         return stage
 
 
@@ -253,6 +253,20 @@ def _trees(model: object) -> dict[str, np.ndarray]:
         "value": flat["value"].astype(np.float64),
         "roots": roots,
     }
+
+
+def _trees_are_sound(trees: dict[str, np.ndarray], n_features: int) -> bool:
+    """Every split names a known feature and points to later nodes (so every walk ends at a leaf)."""
+    n = len(trees["is_leaf"])
+    if any(trees[name].shape != (n,) for name in TREE_ARRAYS if name != "roots"):
+        return False
+    split = np.flatnonzero(trees["is_leaf"] == 0)
+    children = np.concatenate([trees["left"][split], trees["right"][split]])
+    return bool(
+        ((trees["roots"] >= 0) & (trees["roots"] < n)).all()
+        and ((children > np.tile(split, 2)) & (children < n)).all()
+        and ((trees["feature"][split] >= 0) & (trees["feature"][split] < n_features)).all()
+    )
 
 
 def _walk_trees(trees: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:

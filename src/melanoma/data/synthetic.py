@@ -4,17 +4,13 @@ The demo and the test-suite need data that downloads nothing yet behaves like th
 real challenge: a learnable image signal that a small CNN can pick up but not
 perfectly, a weak signal in the metadata, missing values, class imbalance, and a
 patient-level effect (one patient's lesions look alike) so that patient-grouped
-splits matter. Judging a lesion against the same patient's others pays off, as
-with real patients: most melanomas are "ugly ducklings" that look unlike the
-patient's own nevi but are blander on their own, and some patients have
-atypical nevi throughout, which an image-only model mistakes for melanoma.
-Every number obtained from this data is synthetic and says nothing about real
-melanoma detection.
+splits matter. Every number obtained from this data is synthetic and says
+nothing about real melanoma detection.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -45,9 +41,6 @@ _SITES: tuple[str, ...] = (
 _SITE_WEIGHTS = np.array([0.51, 0.26, 0.15, 0.057, 0.014, 0.009])
 
 _MISSING_RATE = 0.02
-_ATYPICAL_PATIENT_RATE = 0.3  # patients whose benign nevi all look somewhat atypical (dysplastic naevus syndrome)
-_ATYPIA_RANGE = (0.25, 0.5)  # how far such a patient's benign nevi move towards the malignant look
-_UGLY_DUCKLING_BLANDNESS = 0.6  # an ugly duckling's severity is scaled by this: it stands out by contrast
 _AGE_LOGIT_SLOPE = 0.03  # per year: older patients mildly more likely malignant
 _JPEG_QUALITY = 90
 
@@ -69,7 +62,6 @@ class _PatientStyle:
     nevus_hue: float
     nevus_radius: float  # fraction of the shorter image side
     nevus_aspect: float
-    atypia: float = 0.0  # 0: typical nevi; else how atypical all of the patient's benign nevi look
 
 
 def generate_synthetic(
@@ -105,10 +97,6 @@ def generate_synthetic(
     rng = np.random.default_rng(seed)
     metadata, styles = _draw_metadata(rng, n_patients, low, high, melanoma_rate)
     image_seeds = rng.integers(0, 2**63 - 1, size=len(metadata))
-    # Drawn last, so the metadata and every image's seed are what they were before atypical patients existed.
-    atypical = rng.random(len(styles)) < _ATYPICAL_PATIENT_RATE
-    atypia = np.where(atypical, rng.uniform(*_ATYPIA_RANGE, size=len(styles)), 0.0)
-    styles = {pid: replace(style, atypia=float(a)) for (pid, style), a in zip(styles.items(), atypia, strict=True)}
 
     out_dir = Path(out_dir)
     images_dir = out_dir / "images"
@@ -279,10 +267,7 @@ def _render_image(
 
     A latent severity drawn from overlapping distributions for the two classes drives
     border irregularity and colour variegation, so some benign nevi look atypical and
-    some melanomas look bland: the signal is strong but not perfectly separable. An
-    ugly duckling is blander than other melanomas but differs from the patient's
-    nevi in size, shape, darkness and hue; an atypical patient's benign nevi are all
-    more severe.
+    some melanomas look bland: the signal is strong but not perfectly separable.
     """
     scale = float(min(width, height))
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float64) + 0.5
@@ -300,10 +285,6 @@ def _render_image(
     size_jitter = rng.lognormal(0.1, 0.28) if ugly_duckling else rng.lognormal(0.0, 0.18)
     semi_major = np.clip(style.nevus_radius * size_jitter, 0.1, 0.36) * scale
     aspect = rng.uniform(0.6, 1.0) if ugly_duckling else style.nevus_aspect * rng.uniform(0.92, 1.0)
-    if ugly_duckling:
-        severity *= _UGLY_DUCKLING_BLANDNESS
-    elif not malignant:
-        severity = 1.0 - (1.0 - severity) * (1.0 - style.atypia)
     boundary = _boundary(rng, theta, semi_major, aspect, severity)
 
     relative = radius / boundary
