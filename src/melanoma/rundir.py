@@ -98,3 +98,17 @@ def library_versions() -> dict[str, str]:
         "platform": platform.platform(),
     }
     return {name: str(value) for name, value in versions.items()}
+
+
+def read_run_section(run_dir: Path, name: str) -> dict | None:
+    """The `name` section of RUN/config.yaml (e.g. ensemble, context); None when the file or the section is absent."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        return None
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise MelanomaError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict) or name not in raw:
+        return None
+    return raw[name]

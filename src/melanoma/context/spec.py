@@ -12,9 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from melanoma.errors import MelanomaError
+from melanoma.rundir import read_run_section
 
 CONFIG = "config.yaml"
 FIT_ROWS = "fit_rows.csv"
@@ -35,15 +34,9 @@ class ContextSpec:
 def read_context(run_dir: Path) -> ContextSpec | None:
     """The `context` section of RUN/config.yaml; None for any other kind of run (or no config)."""
     path = Path(run_dir) / CONFIG
-    if not path.is_file():
+    section = read_run_section(run_dir, "context")
+    if section is None:
         return None
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise MelanomaError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(raw, dict) or "context" not in raw:
-        return None
-    section = raw["context"]
     try:
         fitted = section.get("fitted_on") or {}
         spec = ContextSpec(

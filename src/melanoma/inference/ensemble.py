@@ -11,12 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from melanoma import __version__
 from melanoma.config import EnsembleConfig, write_yaml
 from melanoma.errors import MelanomaError
-from melanoma.rundir import CONFIG, WEIGHTS, RunConfig
+from melanoma.rundir import CONFIG, WEIGHTS, RunConfig, read_run_section
 
 METHODS = ("mean", "rank")
 
@@ -30,15 +29,9 @@ class EnsembleSpec:
 def read_ensemble(run_dir: Path) -> EnsembleSpec | None:
     """The `ensemble` section of RUN/config.yaml; None for a trained run (or no config, which RunConfig reports)."""
     path = Path(run_dir) / CONFIG
-    if not path.is_file():
+    section = read_run_section(run_dir, "ensemble")
+    if section is None:
         return None
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise MelanomaError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(raw, dict) or "ensemble" not in raw:
-        return None
-    section = raw["ensemble"]
     if not isinstance(section, dict):
         raise MelanomaError(f"{path}: `ensemble` must be a mapping with method and members")
     method, members = section.get("method"), section.get("members")
