@@ -313,6 +313,17 @@ def to_plain(obj: Any) -> Any:
     return obj
 
 
+def check_same_settings(where: Path, kind: str, old: dict, new: dict, ignore: set[str]) -> None:
+    """Refuse to continue a `kind` in `where` whose saved settings differ from these (outside `ignore`)."""
+    changed = [k for k in new if k not in ignore and old.get(k) != new[k]]
+    if changed:
+        name = changed[0]
+        raise MelanomaError(
+            f"{where}: holds a {kind} with different settings ({name}: {old.get(name)!r} there, "
+            f"{new[name]!r} now); use a new --out"
+        )
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write to a temporary file beside `path`, then rename: a reader never sees a half-written file."""
     atomic_write_bytes(path, text.encode("utf-8"))

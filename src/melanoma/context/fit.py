@@ -26,7 +26,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
 
 from melanoma import __version__
-from melanoma.config import ContextConfig, atomic_write_text, to_plain, write_yaml
+from melanoma.config import ContextConfig, atomic_write_text, check_same_settings, to_plain, write_yaml
 from melanoma.context.features import FEATURES, context_features
 from melanoma.context.spec import CONFIG, FIT_ON, FIT_ROWS, FOLDS, read_context
 from melanoma.context.stage import STAGES, fit_stage
@@ -140,14 +140,7 @@ def _check_out(out: Path, run: Path, config: ContextConfig) -> None:
     if read_context(out) is None:
         raise MelanomaError(f"{out}: already holds a run that is not a context run; choose another --out")
     old = (yaml.safe_load((out / CONFIG).read_text()) or {}).get("settings") or {}
-    new = to_plain(config)
-    changed = [k for k in new if k not in REFIT_DIFFERENCES and old.get(k) != new[k]]
-    if changed:
-        name = changed[0]
-        raise MelanomaError(
-            f"{out}: holds a context run with different settings ({name}: {old.get(name)!r} there, "
-            f"{new[name]!r} now); use a new --out"
-        )
+    check_same_settings(out, "context run", old, to_plain(config), REFIT_DIFFERENCES)
 
 
 def _score_val(

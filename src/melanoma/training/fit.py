@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from safetensors.torch import save_file
 
-from melanoma.config import TrainConfig, atomic_write_text, to_plain
+from melanoma.config import TrainConfig, atomic_write_text, check_same_settings, to_plain
 from melanoma.data.dataset import MetadataEncoder
 from melanoma.data.prepare import DATASET_INFO, read_manifest
 from melanoma.errors import MelanomaError
@@ -220,14 +220,7 @@ def _check_run_dir(run: Path, config: TrainConfig) -> str:
         existing = RunConfig.load(run)
     except MelanomaError:
         raise MelanomaError(f"{run}: folder is not empty and is not a run directory; use a new --out") from None
-    old, new = to_plain(existing.train), to_plain(config)
-    changed = [k for k in new if k not in RESUMABLE_DIFFERENCES and old.get(k) != new[k]]
-    if changed:
-        field_name = changed[0]
-        raise MelanomaError(
-            f"{run}: holds a run with different settings ({field_name}: {old.get(field_name)!r} there, "
-            f"{new[field_name]!r} now); use a new --out"
-        )
+    check_same_settings(run, "run", to_plain(existing.train), to_plain(config), RESUMABLE_DIFFERENCES)
     return "complete" if (run / WEIGHTS).exists() else "resume"
 
 
