@@ -12,6 +12,11 @@ from pathlib import Path
 
 import torch
 
+from melanoma.config import atomic_write_text
+
+# The real data (../shared/data beside the checkout); benchmarks that need it skip without it.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
 
 def median_seconds(run: Callable[[], object], repeats: int, warmup: int = 1) -> float:
     """Median wall time of `run` over `repeats` calls after `warmup` untimed ones."""
@@ -28,7 +33,7 @@ def median_seconds(run: Callable[[], object], repeats: int, warmup: int = 1) -> 
 def machine() -> dict[str, object]:
     return {
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": _cpu_name(),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
@@ -36,18 +41,25 @@ def machine() -> dict[str, object]:
     }
 
 
-def print_table(title: str, rows: list[dict[str, object]]) -> None:
-    """A plain aligned table: what a terminal, a CI log and a Markdown file all show well."""
-    if not rows:
-        return
-    columns = list(rows[0])
+def _cpu_name() -> str:
+    """The CPU's model name (platform.processor() is empty on Linux)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def format_table(rows: list[dict[str, object]]) -> str:
+    """A plain aligned Markdown table: what a terminal, a CI log and docs/benchmarks.md all show well."""
+    columns = list(dict.fromkeys(column for row in rows for column in row))
     cells = [[_format(row.get(c)) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    print(f"\n{title}")
-    print("| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in cells:
-        print("| " + " | ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) + " |")
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)) + " |"]
+    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    lines += ["| " + " | ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) + " |" for row in cells]
+    return "\n".join(lines)
 
 
 def _format(value: object) -> str:
@@ -59,7 +71,5 @@ def _format(value: object) -> str:
 def write_result(out: Path, name: str, result: dict) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"machine": machine(), **result}, indent=2))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps({"machine": machine(), **result}, indent=2))
     return path

@@ -22,14 +22,13 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
 from threadpoolctl import threadpool_limits
 
+from bench.common import SHARED_DATA
 from melanoma.context.features import METADATA_FEATURES, PATIENT_FEATURES, metadata_features, patient_features
 from melanoma.context.stage import HGB_SETTINGS
 from melanoma.data.metadata import read_metadata
 from melanoma.evaluation.metrics import percentile_interval, resampled_aucs
 
-DEFAULT_CSV = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "isic2020-metadata" / "ISIC_2020_Training_GroundTruth.csv"
-)
+DEFAULT_CSV = SHARED_DATA / "isic2020-metadata" / "ISIC_2020_Training_GroundTruth.csv"
 PATIENT_ONLY = [name for name in PATIENT_FEATURES if name != "single_image"]
 
 

@@ -177,7 +177,9 @@ def test_the_cli_fits_and_evaluates_a_context_run(trained_run: Path, split_data:
     assert capsys.readouterr().err.startswith("error: ")
 
 
-def test_embeddings_are_the_image_networks_output_from_the_same_pass(trained_run: Path, split_data: Path) -> None:
+def test_embeddings_are_the_image_networks_pooled_features_from_the_same_pass(
+    trained_run: Path, split_data: Path
+) -> None:
     predictor = Predictor.from_run(trained_run, device="cpu", tta=2)
     manifest = read_manifest(split_data)
     rows = manifest[manifest["split"] == "test"]
@@ -185,7 +187,8 @@ def test_embeddings_are_the_image_networks_output_from_the_same_pass(trained_run
     assert scores == pytest.approx(predictor.predict_prepared(split_data, rows, manifest, num_workers=0))
     features = predictor.features(manifest)[manifest.index.get_indexer(rows.index)]
     images = torch.stack([item[0] for item in prepared_dataset(split_data, rows, features, predictor.transform)])
+    image_net = predictor.model.image_net  # the basic CNN: its pooled conv features, before the linear layers
     with torch.inference_mode():
-        expected = (predictor.model.image_net(images) + predictor.model.image_net(dihedral(images, 1))) / 2
-    assert embeddings.shape == (len(rows), predictor.model.image_net.num_features)
+        expected = sum(image_net.pool(image_net.features(dihedral(images, k))).flatten(1) for k in range(2)) / 2
+    assert embeddings.shape == (len(rows), image_net.features[-1][0].out_channels)
     assert embeddings == pytest.approx(expected.numpy(), abs=1e-5)

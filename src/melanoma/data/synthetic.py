@@ -10,7 +10,7 @@ nothing about real melanoma detection.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -41,6 +41,10 @@ _SITES: tuple[str, ...] = (
 _SITE_WEIGHTS = np.array([0.51, 0.26, 0.15, 0.057, 0.014, 0.009])
 
 _MISSING_RATE = 0.02
+_BLAND_MELANOMA_RATE = 0.3  # melanomas whose own features look benign
+_UGLY_DUCKLING_RATE = 0.6  # of the other melanomas, those drawn with another nevus look than the patient's own
+_DARKNESS = (0.2, 0.85)  # range of the patients' typical nevus darkness
+_RADIUS = (0.12, 0.3)  # and size (fraction of the shorter image side)
 _AGE_LOGIT_SLOPE = 0.03  # per year: older patients mildly more likely malignant
 _JPEG_QUALITY = 90
 
@@ -240,16 +244,33 @@ def _draw_style(rng: np.random.Generator) -> _PatientStyle:
         skin_rgb=skin,
         skin_texture=float(rng.uniform(0.02, 0.05)),
         hair_rate=float(rng.choice([0.0, 0.0, 0.5, 2.0])),
-        nevus_darkness=float(rng.uniform(0.35, 0.7)),
+        nevus_darkness=float(rng.uniform(*_DARKNESS)),
         nevus_hue=float(rng.uniform(0.0, 1.0)),
-        nevus_radius=float(rng.uniform(0.15, 0.27)),
+        nevus_radius=float(rng.uniform(*_RADIUS)),
+        nevus_aspect=float(rng.uniform(0.75, 1.0)),
+    )
+
+
+def _odd_one_out(rng: np.random.Generator, style: _PatientStyle) -> _PatientStyle:
+    """The patient's skin with a nevus look far from the patient's own (darkness, size, colour, shape), each moved
+    towards the middle of the population's range so that the look alone is ordinary."""
+
+    def away(value: float, limits: tuple[float, float], shift: float) -> float:
+        return value + shift if value < (limits[0] + limits[1]) / 2 else value - shift
+
+    radius_shift = rng.uniform(0.5, 0.6) * style.nevus_radius
+    return replace(
+        style,
+        nevus_darkness=away(style.nevus_darkness, _DARKNESS, rng.uniform(0.3, 0.36)),
+        nevus_radius=away(style.nevus_radius, _RADIUS, radius_shift),
+        nevus_hue=(style.nevus_hue + rng.uniform(0.35, 0.65)) % 1.0,
         nevus_aspect=float(rng.uniform(0.75, 1.0)),
     )
 
 
 def _nevus_rgb(skin: np.ndarray, darkness: float, hue: float) -> np.ndarray:
     """Brown relative to the skin: blue is absorbed more than red, hue shifts the balance."""
-    absorption = np.array([0.40, 0.55, 0.62]) + hue * np.array([0.0, 0.05, 0.12])
+    absorption = np.array([0.40, 0.55, 0.62]) + hue * np.array([-0.08, 0.06, 0.20])
     return np.clip(skin * (1.0 - darkness * absorption), 0.0, 1.0)
 
 
@@ -268,37 +289,36 @@ def _render_image(
     A latent severity drawn from overlapping distributions for the two classes drives
     border irregularity and colour variegation, so some benign nevi look atypical and
     some melanomas look bland: the signal is strong but not perfectly separable.
+    Most melanomas are also "ugly ducklings": drawn with another nevus look than the
+    patient's own (colour, darkness, size, shape), a look that is ordinary in the
+    population. Bland melanomas are always ugly ducklings, so for them only the
+    contrast with the patient's other lesions gives them away.
     """
     scale = float(min(width, height))
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float64) + 0.5
 
     image = _skin(rng, style, height, width)
 
-    severity = rng.beta(5.0, 2.5) if malignant else rng.beta(1.3, 7.0)
+    bland = malignant and rng.random() < _BLAND_MELANOMA_RATE
+    severity = rng.beta(5.0, 2.5) if malignant and not bland else rng.beta(1.3, 7.0)
     centre_x = width / 2.0 + rng.normal(0.0, 0.06) * scale
     centre_y = height / 2.0 + rng.normal(0.0, 0.06) * scale
     dx, dy = xs - centre_x, ys - centre_y
     radius = np.hypot(dx, dy)
     theta = np.arctan2(dy, dx)
 
-    ugly_duckling = malignant and rng.random() < 0.7
-    size_jitter = rng.lognormal(0.1, 0.28) if ugly_duckling else rng.lognormal(0.0, 0.18)
-    semi_major = np.clip(style.nevus_radius * size_jitter, 0.1, 0.36) * scale
-    aspect = rng.uniform(0.6, 1.0) if ugly_duckling else style.nevus_aspect * rng.uniform(0.92, 1.0)
+    if malignant and (bland or rng.random() < _UGLY_DUCKLING_RATE):
+        style = _odd_one_out(rng, style)
+    semi_major = np.clip(style.nevus_radius * rng.lognormal(0.0, 0.15), 0.1, 0.36) * scale
+    aspect = style.nevus_aspect * rng.uniform(0.92, 1.0)
     boundary = _boundary(rng, theta, semi_major, aspect, severity)
 
     relative = radius / boundary
     softness = rng.uniform(0.04, 0.10) * (1.0 - 0.5 * severity)
     mask = _sigmoid((1.0 - relative) / softness)
 
-    if ugly_duckling:
-        shift = rng.choice([-1.0, 1.0]) * rng.uniform(0.1, 0.25)
-        darkness = float(np.clip(style.nevus_darkness + shift, 0.3, 0.8))
-        hue = float(rng.uniform(0.0, 1.0))
-    else:
-        darkness = style.nevus_darkness + rng.normal(0.0, 0.03)
-        hue = style.nevus_hue
-    base = _nevus_rgb(style.skin_rgb, darkness, hue)
+    darkness = style.nevus_darkness + rng.normal(0.0, 0.03)
+    base = _nevus_rgb(style.skin_rgb, darkness, style.nevus_hue)
     lesion = _lesion_colour(rng, base, dx, dy, boundary, relative, severity, height, width)
 
     image = image * (1.0 - mask[..., None]) + lesion * mask[..., None]

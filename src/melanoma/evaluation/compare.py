@@ -9,12 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-from sklearn.metrics import roc_auc_score
-
 from melanoma.config import CompareConfig, atomic_write_text
 from melanoma.evaluation.evaluate import check_bootstrap, select_rows
-from melanoma.evaluation.metrics import check_scorable, percentile_interval, resampled_aucs
+from melanoma.evaluation.metrics import check_scorable, paired_auc_difference
 from melanoma.inference.predictor import load_predictor
 
 
@@ -31,23 +28,15 @@ def compare(config: CompareConfig) -> dict:
         )
         check_scorable(targets, predicted, f"{run} on {config.data} ({config.split})")
         scores.append(predicted)
-    auc_a, auc_b = (float(roc_auc_score(targets, s)) for s in scores)
     groups = rows["patient_id"].to_numpy()
-    resampled = resampled_aucs(targets, np.stack(scores), groups, config.n_bootstrap, config.seed)
     result = {
         "run_a": str(Path(config.run_a).resolve()),
         "run_b": str(Path(config.run_b).resolve()),
-        "auc_a": auc_a,
-        "auc_a_ci": percentile_interval(resampled[:, 0]),
-        "auc_b": auc_b,
-        "auc_b_ci": percentile_interval(resampled[:, 1]),
-        "auc_difference": auc_a - auc_b,
-        "auc_difference_ci": percentile_interval(resampled[:, 0] - resampled[:, 1]),
+        **paired_auc_difference(targets, *scores, groups, config.n_bootstrap, config.seed),
         "ci_level": 0.95,
         "n_bootstrap": config.n_bootstrap,
         "bootstrap_seed": config.seed,
         "bootstrap_unit": "patient (paired)",
-        "bootstrap_resamples_used": int(np.isfinite(resampled[:, 0]).sum()),
         "images": int(len(targets)),
         "melanomas": int(targets.sum()),
         "patients": int(rows["patient_id"].nunique()),

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
 
 from melanoma.config import EvaluateConfig, atomic_write_text
 from melanoma.context.predictor import ContextPredictor
@@ -25,9 +24,8 @@ from melanoma.evaluation.metrics import (
     binary_metrics,
     calibration,
     check_scorable,
+    paired_auc_difference,
     partial_auc_above_tpr,
-    percentile_interval,
-    resampled_aucs,
     roc_band,
     subgroup_aucs,
 )
@@ -117,14 +115,13 @@ def context_comparison(
     """The image-only AUC on the same images and the context - image-only difference with a paired interval: both
     scores on the same patient resamples (compare's paired bootstrap, and the draws of the context AUC's own CI)."""
     check_scorable(targets, image, "image-only scores")
-    image_auc = float(roc_auc_score(targets, image))
-    resampled = resampled_aucs(targets, np.stack([context, image]), groups, n_bootstrap, seed)
+    paired = paired_auc_difference(targets, context, image, groups, n_bootstrap, seed)
     return {
-        "image_auc": image_auc,
-        "image_auc_ci": percentile_interval(resampled[:, 1]),
+        "image_auc": paired["auc_b"],
+        "image_auc_ci": paired["auc_b_ci"],
         "image_partial_auc_above_80_tpr": partial_auc_above_tpr(targets, image),
-        "auc_difference": float(roc_auc_score(targets, context)) - image_auc,
-        "auc_difference_ci": percentile_interval(resampled[:, 0] - resampled[:, 1]),
+        "auc_difference": paired["auc_difference"],
+        "auc_difference_ci": paired["auc_difference_ci"],
         "bootstrap_unit": "patient (paired)",
     }
 

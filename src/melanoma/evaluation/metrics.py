@@ -156,6 +156,24 @@ def resampled_aucs(
     return np.concatenate(chunks) if chunks else np.zeros((0, len(scores)))
 
 
+def paired_auc_difference(
+    targets: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, groups: np.ndarray, n_resamples: int, seed: int
+) -> dict:
+    """AUC of A, of B, and of A - B, each with its percentile interval over the same patient resamples (paired: the
+    interval of the difference reflects how the two differ on the same lesions, much narrower than two CIs)."""
+    resampled = resampled_aucs(targets, np.stack([scores_a, scores_b]), groups, n_resamples, seed)
+    auc_a, auc_b = float(roc_auc_score(targets, scores_a)), float(roc_auc_score(targets, scores_b))
+    return {
+        "auc_a": auc_a,
+        "auc_a_ci": percentile_interval(resampled[:, 0]),
+        "auc_b": auc_b,
+        "auc_b_ci": percentile_interval(resampled[:, 1]),
+        "auc_difference": auc_a - auc_b,
+        "auc_difference_ci": percentile_interval(resampled[:, 0] - resampled[:, 1]),
+        "bootstrap_resamples_used": int(np.isfinite(resampled[:, 0]).sum()),
+    }
+
+
 def percentile_interval(values: np.ndarray, level: float = 0.95) -> list[float] | None:
     """The percentile bootstrap interval, ignoring resamples that had one class only; None without any."""
     values = np.asarray(values, dtype=float)

@@ -27,6 +27,7 @@ from melanoma.data.images import ImageSource, load_image
 from melanoma.data.metadata import CANONICAL_COLUMNS, read_metadata
 from melanoma.errors import MelanomaError
 from melanoma.inference.ensemble import combine_scores, read_ensemble
+from melanoma.models import embedding_layer
 from melanoma.rundir import CONFIG, WEIGHTS, RunConfig
 
 if TYPE_CHECKING:
@@ -142,13 +143,14 @@ class Predictor:
     ) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities, pooled image embeddings) for every item, in order, from one forward pass per batch.
 
-        The embedding is the image network's output (the fused model's image branch, `num_features` wide), caught
-        with a forward hook so that the score comes from the model's own forward; with TTA both are averaged.
+        The embedding is the image network's pooled features (models.embedding_layer), caught with a forward hook
+        so that the score comes from the model's own forward; with TTA both are averaged.
         """
         workers = default_num_workers() if num_workers is None else num_workers
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)
         caught: list[torch.Tensor] = []
-        hook = self.model.image_net.register_forward_hook(lambda _module, _inputs, output: caught.append(output))
+        layer, width = embedding_layer(self.model.image_net)
+        hook = layer.register_forward_hook(lambda _module, _inputs, output: caught.append(output.flatten(1)))
         scores, embeddings = [], []
         try:
             for images, metadata, _ in tqdm(loader, desc="embed", unit="batch", disable=None, leave=False):
@@ -162,7 +164,7 @@ class Predictor:
         finally:
             hook.remove()
         if not scores:
-            return np.zeros(0, dtype=np.float32), np.zeros((0, self.model.image_net.num_features), dtype=np.float32)
+            return np.zeros(0, dtype=np.float32), np.zeros((0, width), dtype=np.float32)
         return np.concatenate(scores), np.concatenate(embeddings)
 
     def embed_prepared(

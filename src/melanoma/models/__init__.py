@@ -32,6 +32,15 @@ def create_model(
     return FusionClassifier(image_net, metadata_features, metadata_hidden, fused_width, dropout)
 
 
+def embedding_layer(image_net: nn.Module) -> tuple[nn.Module, int]:
+    """The module whose output (flattened) is the pooled image embedding, and its width: a timm backbone's own
+    output; for the basic CNN its global pool over the last conv layer, since the linear layers after it are trained
+    for the one logit and keep little of what a lesion looks like (which the context stage compares)."""
+    if isinstance(image_net, BasicCNN):
+        return image_net.pool, image_net.pooled_width
+    return image_net, image_net.num_features
+
+
 def default_data_settings(name: str) -> DataSettings:
     """Input size and normalisation a model expects: the founding 512 px for basic-cnn, else the backbone's."""
     if name == BASIC_CNN:

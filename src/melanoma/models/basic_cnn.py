@@ -34,6 +34,7 @@ class BasicCNN(nn.Module):
             in_channels = out_channels
         self.features = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pooled_width = in_channels
         self.head = nn.Sequential(
             nn.Flatten(),
             nn.Linear(in_channels, hidden[0]),
