@@ -5,7 +5,13 @@ Everything runs on the CPU in seconds; session-scoped fixtures are built once an
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +25,29 @@ from melanoma.data.synthetic import generate_synthetic
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PREPARED_SIZE = 48
 IMAGE_SIZE = 32
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`melanoma ARGS` in a fresh Python process, as a user runs it; output captured as text."""
+    return subprocess.run(_cli(args), env=_CLI_ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def kill_cli_when(ready: Callable[[], bool], *args: str, timeout: float) -> None:
+    """Start `melanoma ARGS` and SIGKILL it once `ready()` holds (or it ended, or `timeout` passed): a crash at a
+    known point of a long job, with no chance to clean up."""
+    process = subprocess.Popen(_cli(args), env=_CLI_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not ready() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+_CLI_ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+
+
+def _cli(args: tuple[str, ...]) -> list[str]:
+    return [sys.executable, "-m", "melanoma", *args]
 
 
 def tiny_train_config(data: Path, out: Path, **overrides) -> TrainConfig:

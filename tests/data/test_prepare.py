@@ -1,11 +1,6 @@
 import io
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -18,6 +13,7 @@ from melanoma.config import PrepareConfig
 from melanoma.data import prepare as prepare_module
 from melanoma.data.prepare import MANIFEST_COLUMNS, prepare, read_manifest
 from melanoma.errors import MelanomaError
+from tests.conftest import kill_cli_when, run_cli
 
 
 def config(images: Path, metadata: Path, out: Path, **overrides) -> PrepareConfig:
@@ -175,15 +171,9 @@ def test_prepare_killed_mid_run_leaves_no_partial_image_and_resumes(tmp_path: Pa
         (images / f"{name}.jpg").write_bytes(buffer.getvalue())
     pd.DataFrame({"image_name": names, "target": [i % 2 for i in range(80)]}).to_csv(metadata, index=False)
     out = tmp_path / "data"
-    command = [sys.executable, "-m", "melanoma", "prepare", "--images", str(images), "--metadata", str(metadata),
-               "--out", str(out), "--size", "256", "--workers", "1"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while process.poll() is None and time.time() < deadline and len(list(out.glob("images/*.jpg"))) < 5:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    command = ["prepare", "--images", str(images), "--metadata", str(metadata), "--out", str(out), "--size", "256",
+               "--workers", "1"]  # fmt: skip
+    kill_cli_when(lambda: len(list(out.glob("images/*.jpg"))) >= 5, *command, timeout=60)
     finished_before = {p.name: p.stat().st_mtime_ns for p in out.glob("images/*.jpg")}
     total = len(pd.read_csv(metadata))
     assert 5 <= len(finished_before) < total, "the kill should land mid-run"
@@ -192,7 +182,8 @@ def test_prepare_killed_mid_run_leaves_no_partial_image_and_resumes(tmp_path: Pa
         with Image.open(out / "images" / name) as image:
             image.load()
 
-    subprocess.run(command, env=env, check=True, capture_output=True, timeout=300)
+    finished = run_cli(*command)
+    assert finished.returncode == 0, finished.stderr[-2000:]
     assert len(read_manifest(out)) == total
     assert not list(out.glob("images/.*"))
     assert {n: (out / "images" / n).stat().st_mtime_ns for n in finished_before} == finished_before

@@ -1,8 +1,5 @@
 """DDP on the CPU (gloo): two processes share the validation set and the gathered AUC is exact."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -17,6 +14,7 @@ from melanoma.inference.predictor import Predictor
 from melanoma.rundir import RunConfig
 from melanoma.training.datamodule import LesionDataModule
 from melanoma.training.module import LesionClassifierModule
+from tests.conftest import run_cli
 
 
 def validation_auc(run: Path, data: Path, devices: int) -> float:
@@ -53,11 +51,9 @@ def test_two_process_validation_auc_equals_the_single_process_auc(trained_run: P
 @pytest.mark.slow
 def test_ddp_training_through_the_cli(split_data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "melanoma", "train", str(split_data), "--out", str(run), "--epochs", "1",
-               "--image-size", "32", "--batch-size", "4", "--num-workers", "0", "--accelerator", "cpu",
-               "--devices", "2", "--strategy", "ddp"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
-    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    finished = run_cli("train", str(split_data), "--out", str(run), "--epochs", "1", "--image-size", "32",
+                       "--batch-size", "4", "--num-workers", "0", "--accelerator", "cpu", "--devices", "2",
+                       "--strategy", "ddp")  # fmt: skip
     assert finished.returncode == 0, finished.stderr[-3000:]
     config = RunConfig.load(run)
     assert config.result["devices"] == 2

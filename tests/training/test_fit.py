@@ -1,9 +1,4 @@
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +9,7 @@ from safetensors.torch import load_file
 
 from melanoma.errors import MelanomaError
 from melanoma.training.fit import train
-from tests.conftest import tiny_train_config
+from tests.conftest import kill_cli_when, run_cli, tiny_train_config
 
 
 def test_train_writes_a_complete_run_directory(trained_run: Path) -> None:
@@ -89,40 +84,17 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(split_data: Path, tm
     The first epoch needs ~1 s, the three epochs ~3 s: the kill lands mid-run on any machine that can run the suite.
     """
     run = tmp_path / "run"
-    command = [
-        sys.executable,
-        "-m",
-        "melanoma",
-        "train",
-        str(split_data),
-        "--out",
-        str(run),
-        "--epochs",
-        "3",
-        "--image-size",
-        "32",
-        "--batch-size",
-        "8",
-        "--num-workers",
-        "0",
-        "--accelerator",
-        "cpu",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = ["train", str(split_data), "--out", str(run), "--epochs", "3", "--image-size", "32",
+               "--batch-size", "8", "--num-workers", "0", "--accelerator", "cpu"]  # fmt: skip
     last, log = run / "checkpoints" / "last.ckpt", run / "logs" / "version_0" / "metrics.csv"
 
     def first_epoch_done() -> bool:
         return last.exists() and log.exists() and log.read_text().count("\n0,") >= 2
 
-    deadline = time.time() + 120
-    while not first_epoch_done() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_cli_when(first_epoch_done, *command, timeout=120)
     assert last.exists() and not (run / "model.safetensors").exists()
 
-    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    finished = run_cli(*command)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert "Resuming" in finished.stdout
     logged = pd.read_csv(run / "metrics.csv")

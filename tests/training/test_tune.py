@@ -3,11 +3,7 @@
 The trials train for 1-2 epochs on 32 px synthetic images; the values they reach mean nothing, only the bookkeeping.
 """
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,7 +17,7 @@ from melanoma.config import TrainConfig, TuneConfig, build_config
 from melanoma.errors import MelanomaError
 from melanoma.training import tune as tune_module
 from melanoma.training.tune import SearchSpace, build_tune_configs, trial_config, tune
-from tests.conftest import tiny_train_config
+from tests.conftest import kill_cli_when, run_cli, tiny_train_config
 
 
 def tiny_tune(data: Path, out: Path, trials: int, **train_overrides) -> tuple[TuneConfig, TrainConfig]:
@@ -161,42 +157,15 @@ def test_a_killed_tune_resumes_without_repeating_finished_trials(split_data: Pat
     parameters, resuming its run dir from the epoch checkpoint. An epoch takes ~1 s: the kill lands mid-trial.
     """
     out = tmp_path / "tune"
-    command = [
-        sys.executable,
-        "-m",
-        "melanoma",
-        "tune",
-        str(split_data),
-        "--out",
-        str(out),
-        "--trials",
-        "2",
-        "--heartbeat",
-        "1",
-        "--epochs",
-        "2",
-        "--image-size",
-        "32",
-        "--batch-size",
-        "16",
-        "--num-workers",
-        "0",
-        "--accelerator",
-        "cpu",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = ["tune", str(split_data), "--out", str(out), "--trials", "2", "--heartbeat", "1", "--epochs", "2",
+               "--image-size", "32", "--batch-size", "16", "--num-workers", "0", "--accelerator", "cpu"]  # fmt: skip
     second = out / "trials" / "trial-0001" / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 180
-    while not second.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_cli_when(second.exists, *command, timeout=180)
     assert second.exists() and not (out / "trials" / "trial-0001" / "model.safetensors").exists()
     first_weights = (out / "trials" / "trial-0000" / "model.safetensors").stat().st_mtime_ns
     time.sleep(2.5)  # past the killed trial's grace period
 
-    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    finished = run_cli(*command, timeout=600)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert "retrying trial 1" in finished.stdout and "Resuming" in finished.stdout
     states = {t.number: t.state.name for t in load_study(out).trials}
